@@ -129,6 +129,9 @@ class SearchEngine:
              load_encoder: bool = True, **kwargs: Any) -> "SearchEngine":
         """Load an index with the encoder it was built with and its reranker, if any."""
         index = load_index(path)
+        # jieba loads its dictionary on first use (~0.5 s); do it now so that per-query
+        # timings measure the query, not the warm-up.
+        index.analyzer.tokenize("预热 warm-up")
         encoder = None
         if load_encoder and index.manifest.encoder is not None:
             encoder = load_manifest_encoder(index)

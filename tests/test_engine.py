@@ -84,7 +84,8 @@ def test_empty_query_is_an_error(engine, query):
         engine.search(query)
 
 
-@pytest.mark.parametrize("query", ["连衣裙" * 3400, "🛏️👗😀", "Кровать king 床 ベッド"])
+@pytest.mark.parametrize("query", ["连衣裙" * 3400, "🛏️👗😀", "Кровать king 床 ベッド"],
+                         ids=["10k-chars", "emoji", "mixed-scripts"])
 def test_long_emoji_and_mixed_queries_work(engine, query):
     engine.search(query, k=3)
 
