@@ -1,0 +1,195 @@
+"""Demo queries over the synthetic catalogue and their graded judgements (TREC style).
+
+Judgements come from the generator's structured facets (:func:`product_facets`), never from
+title text, so a ranking can be scored against them honestly. Grades: 2 = exactly what the
+query asks for, 1 = a near miss a shopper might still click (same kind of product with one
+requirement missed, or a close substitute), 0 = everything else (left out of the qrels, as
+usual in TREC). Judgements are language-independent by default: a Chinese summer dress is as
+relevant to "summer dress" as an English one; ``same_language=True`` keeps only products in the
+query's language.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from shopsearch.errors import DataError
+from shopsearch.retrieval.types import Product
+
+from shopsearch.demo.catalog import product_facets
+
+# A pattern matches a product when every key equals the product's canonical facet, or is one of
+# the values when given a tuple. A grade applies when any of its patterns matches; grade 2 wins
+# over grade 1.
+Pattern = dict[str, "str | tuple[str, ...]"]
+
+
+class QueryRule(NamedTuple):
+    qid: str
+    query: str
+    grade2: tuple[Pattern, ...]
+    grade1: tuple[Pattern, ...] = ()
+
+
+def _p(type_: str | tuple[str, ...] | None = None, **facets: str | tuple[str, ...]) -> Pattern:
+    return ({"type": type_} if type_ is not None else {}) | facets
+
+
+_DOUBLE = ("queen", "king")  # 双人床: 1.5 m and 1.8 m beds
+_WATCH = ("mechanical_watch", "quartz_watch")
+
+QUERY_RULES: tuple[QueryRule, ...] = (
+    # ---- Chinese
+    QueryRule("zh01", "夏季连衣裙", (_p("dress", season="summer"),),
+              (_p("dress"), _p("skirt", season="summer"))),
+    QueryRule("zh02", "真丝连衣裙", (_p("dress", material="silk"),), (_p("dress"),)),
+    QueryRule("zh03", "碎花连衣裙", (_p("dress", pattern="floral"),),
+              (_p("dress"), _p("skirt", pattern="floral"))),
+    QueryRule("zh04", "秋冬连衣裙", (_p("dress", season="autumn_winter"),), (_p("dress"),)),
+    QueryRule("zh05", "长款雪纺连衣裙", (_p("dress", material="chiffon", length="maxi"),),
+              (_p("dress", material="chiffon"), _p("dress", length="maxi"))),
+    QueryRule("zh06", "实木双人床", (_p("bed", material="solid_wood", size=_DOUBLE),),
+              (_p("bed"), _p("bed_frame", size=_DOUBLE))),
+    QueryRule("zh07", "四柱床", (_p("bed", style="poster"),), (_p("bed", style="canopy"),)),
+    QueryRule("zh08", "床头柜", (_p("nightstand"),), (_p("dresser"),)),
+    QueryRule("zh09", "五斗柜", (_p("dresser", drawers="5"),), (_p("dresser"),)),
+    QueryRule("zh10", "乳胶床垫", (_p("mattress", material=("latex", "hybrid")),), (_p("mattress"),)),
+    QueryRule("zh11", "羽绒被", (_p("duvet", filling="down"),), (_p("duvet"),)),
+    QueryRule("zh12", "蓝牙耳机", (_p("earbuds"),), (_p("headphones"),)),
+    QueryRule("zh13", "iPhone15 手机壳", (_p("phone_case", model="iphone15"),), (_p("phone_case"),)),
+    QueryRule("zh14", "游戏笔记本电脑", (_p("laptop", use="gaming"),), (_p("laptop"),)),
+    QueryRule("zh15", "不粘锅", (_p(("frying_pan", "wok"), coating="nonstick"),),
+              (_p(("frying_pan", "wok")),)),
+    QueryRule("zh16", "空气炸锅", (_p("air_fryer"),)),
+    QueryRule("zh17", "电饭煲", (_p("rice_cooker"),)),
+    QueryRule("zh18", "跑步鞋男", (_p("running_shoes"),), (_p("sneakers"), _p("running_shorts"))),
+    QueryRule("zh19", "儿童玩具", (_p(category="toys"),), (_p("picture_book"),)),
+    QueryRule("zh20", "防晒霜", (_p("sunscreen"),)),
+    QueryRule("zh21", "露营帐篷", (_p("tent"),), (_p("sleeping_bag"),)),
+    QueryRule("zh22", "锂电电钻", (_p("drill", power="cordless"),),
+              (_p("drill"), _p("impact_driver", power="cordless"))),
+    QueryRule("zh23", "狗窝", (_p("pet_bed", pet="dog"),), (_p("pet_bed"),)),
+    QueryRule("zh24", "双肩包", (_p("backpack"),), (_p("hiking_backpack"),)),
+    QueryRule("zh25", "智能手表", (_p("smartwatch"),), (_p(_WATCH),)),
+    QueryRule("zh26", "坚果零食", (_p("nuts"),), (_p(category="snacks"),)),
+    QueryRule("zh27", "护眼台灯", (_p("desk_lamp", feature="led_eye"),),
+              (_p("desk_lamp"), _p("bedside_lamp", feature="led_eye"))),
+    # ---- English
+    QueryRule("en01", "king poster bed", (_p("bed", size="king", style="poster"),),
+              (_p("bed", size="king"), _p("bed", style=("poster", "canopy")))),
+    QueryRule("en02", "summer dress", (_p("dress", season="summer"),),
+              (_p("dress"), _p("skirt", season="summer"))),
+    QueryRule("en03", "silk dress", (_p("dress", material="silk"),), (_p("dress"),)),
+    QueryRule("en04", "linen maxi dress", (_p("dress", material="linen", length="maxi"),),
+              (_p("dress", material="linen"), _p("dress", length="maxi"))),
+    QueryRule("en05", "floral midi dress", (_p("dress", pattern="floral", length="midi"),),
+              (_p("dress", pattern="floral"), _p("dress", length="midi"))),
+    QueryRule("en06", "queen platform bed", (_p("bed", size="queen", style="platform"),),
+              (_p("bed", size="queen"), _p("bed", style="platform"),
+               _p("bed_frame", size="queen"))),
+    QueryRule("en07", "canopy bed", (_p("bed", style="canopy"),), (_p("bed", style="poster"),)),
+    QueryRule("en08", "nightstand with drawers",
+              (_p("nightstand", storage=("two_drawers", "one_drawer")),),
+              (_p("nightstand"), _p("dresser"))),
+    QueryRule("en09", "solid wood dresser", (_p("dresser", material="solid_wood"),),
+              (_p("dresser"),)),
+    QueryRule("en10", "memory foam mattress", (_p("mattress", material="memory_foam"),),
+              (_p("mattress"),)),
+    QueryRule("en11", "king size duvet", (_p("duvet", size="king"),), (_p("duvet"),)),
+    QueryRule("en12", "wireless earbuds", (_p("earbuds"),), (_p("headphones"),)),
+    QueryRule("en13", "iphone 15 case", (_p("phone_case", model="iphone15"),), (_p("phone_case"),)),
+    QueryRule("en14", "gaming laptop", (_p("laptop", use="gaming"),), (_p("laptop"),)),
+    QueryRule("en15", "non-stick frying pan", (_p("frying_pan", coating="nonstick"),),
+              (_p("frying_pan"), _p("wok", coating="nonstick"))),
+    QueryRule("en16", "air fryer", (_p("air_fryer"),)),
+    QueryRule("en17", "mens running shoes", (_p("running_shoes"),), (_p("sneakers"),)),
+    QueryRule("en18", "yoga pants", (_p("yoga_pants"),)),
+    QueryRule("en19", "sunscreen spf 50", (_p("sunscreen", spf="spf50"),), (_p("sunscreen"),)),
+    QueryRule("en20", "4 person camping tent", (_p("tent", capacity="4"),), (_p("tent"),)),
+    QueryRule("en21", "cordless drill", (_p("drill", power="cordless"),),
+              (_p("drill"), _p("impact_driver", power="cordless"))),
+    QueryRule("en22", "dog bed", (_p("pet_bed", pet="dog"),), (_p("pet_bed"),)),
+    QueryRule("en23", "led desk lamp", (_p("desk_lamp"),), (_p(("bedside_lamp", "floor_lamp")),)),
+    QueryRule("en24", "leather backpack", (_p("backpack", material="leather"),),
+              (_p("backpack"), _p("hiking_backpack"))),
+    QueryRule("en25", "smart watch", (_p("smartwatch"),), (_p(_WATCH),)),
+    QueryRule("en26", "dark chocolate", (_p("chocolate", cocoa="dark"),), (_p("chocolate"),)),
+    QueryRule("en27", "building blocks for kids", (_p("building_blocks"),), (_p(category="toys"),)),
+)
+
+
+def demo_queries() -> list[tuple[str, str]]:
+    """``[(query_id, query), ...]`` in table order: Chinese (``zh..``), then English (``en..``)."""
+    return [(r.qid, r.query) for r in QUERY_RULES]
+
+
+def query_language(qid: str) -> str:
+    """``"zh"`` or ``"en"``: the demo query ids carry their language as a prefix."""
+    return qid[:2]
+
+
+def _matches(pattern: Pattern, facets: dict[str, str]) -> bool:
+    for key, want in pattern.items():
+        have = facets.get(key)
+        if have is None or (have not in want if isinstance(want, tuple) else have != want):
+            return False
+    return True
+
+
+def grade(rule: QueryRule, facets: dict[str, str]) -> int:
+    """The grade (0, 1 or 2) of a product with these canonical facets for this query."""
+    if any(_matches(p, facets) for p in rule.grade2):
+        return 2
+    if any(_matches(p, facets) for p in rule.grade1):
+        return 1
+    return 0
+
+
+def demo_qrels(products: list[Product], *, same_language: bool = False
+               ) -> dict[str, dict[str, int]]:
+    """Graded judgements ``{query_id: {product_id: grade}}`` for every demo query.
+
+    Only grades 1 and 2 are listed (unlisted = 0); a query with no relevant product maps to an
+    empty dict. ``products`` must be demo products (see :func:`product_facets`); with
+    ``same_language=True`` a product counts only when its language is the query's.
+    """
+    facets = [(p.id, product_facets(p)) for p in products]
+    qrels: dict[str, dict[str, int]] = {}
+    for rule in QUERY_RULES:
+        lang = query_language(rule.qid)
+        judged = {}
+        for pid, f in facets:
+            if same_language and f["lang"] != lang:
+                continue
+            g = grade(rule, f)
+            if g:
+                judged[pid] = g
+        qrels[rule.qid] = judged
+    return qrels
+
+
+def write_queries_tsv(queries: list[tuple[str, str]], path: str | Path) -> Path:
+    """Write ``query_id<TAB>query`` lines (UTF-8)."""
+    path = Path(path)
+    lines = []
+    for i, (qid, text) in enumerate(queries, start=1):
+        if any(c in qid + text for c in "\t\r\n"):
+            raise DataError("query id and text may not contain tabs or newlines", line=i)
+        lines.append(f"{qid}\t{text}\n")
+    path.write_text("".join(lines), encoding="utf-8", newline="\n")
+    return path
+
+
+def write_qrels_trec(qrels: dict[str, dict[str, int]], path: str | Path) -> Path:
+    """Write TREC qrels ``query_id 0 product_id grade``, queries in the given order, products
+    sorted by id, so the file is deterministic."""
+    path = Path(path)
+    lines = []
+    for qid, judged in qrels.items():
+        for pid in sorted(judged):
+            if any(c.isspace() for c in qid + pid):
+                raise DataError(f"ids may not contain whitespace: {qid!r} {pid!r}")
+            lines.append(f"{qid} 0 {pid} {int(judged[pid])}\n")
+    path.write_text("".join(lines), encoding="utf-8", newline="\n")
+    return path
