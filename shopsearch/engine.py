@@ -184,6 +184,9 @@ class SearchEngine:
             return hits
         head, tail = hits[:self.rerank_top], hits[self.rerank_top:]
         texts = [self._texts[self._row(h.product_id)] for h in head]
+        # Products below the rerank cut keep their fused order but score below every reranked
+        # one, so that score order and rank order agree (run files are sorted by score).
+        tail = [Hit(h.product_id, -float(i + 1), h.scores) for i, h in enumerate(tail)]
         return self.reranker.rerank(query, head, texts) + tail
 
     def _row(self, product_id: str) -> int:

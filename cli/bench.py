@@ -1,0 +1,169 @@
+"""``search-cli benchmark`` and ``search-cli tune-fusion``: measured quality and speed against
+judged queries (TREC qrels), with run files anyone can re-score with trec_eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from shopsearch.cli.main import DEFAULT_INDEX, _echo_json, cli
+from shopsearch.errors import SearchError
+
+
+def _labelled_queries(dataset: str | None, split: str | None, queries: Path | None,
+                      qrels: Path | None, limit: int | None
+                      ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    from shopsearch.benchmarks.formats import load_dataset, read_qrels, read_queries
+
+    if dataset:
+        labelled = load_dataset(dataset, split)
+        query_map, qrel_map = labelled.queries, labelled.qrels
+    elif queries and qrels:
+        query_map, qrel_map = read_queries(queries), read_qrels(qrels)
+    else:
+        raise SearchError("give --queries and --qrels, or --dataset")
+    if limit:
+        judged = [q for q in query_map if q in qrel_map][:limit]
+        query_map = {q: query_map[q] for q in judged}
+    return query_map, qrel_map
+
+
+_DATA_OPTIONS = [
+    click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="Queries: TSV `query_id<TAB>query` or JSONL."),
+    click.option("--qrels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="Judgements: TREC `query_id 0 product_id grade`."),
+    click.option("--dataset", help="Instead of --queries/--qrels: a data set folder (BEIR, "
+                 "ESCI, WANDS, Multi-CPR, Home Depot layouts) or 'homedepot'."),
+    click.option("--split", default=None, help="Split of --dataset (e.g. dev, test)."),
+    click.option("--limit", type=int, help="Only the first N judged queries (quick runs)."),
+]
+
+
+def _data_options(func):
+    for option in reversed(_DATA_OPTIONS):
+        func = option(func)
+    return func
+
+
+@cli.command("benchmark")
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True,
+              type=click.Path(path_type=Path), help="Index of the judged catalogue.")
+@_data_options
+@click.option("--stages", default="bm25,dense,hybrid,rerank", show_default=True,
+              help="Comma-separated stages; ones the index cannot run are skipped with a note.")
+@click.option("--depth", default=1000, show_default=True, help="Results per query in runs.")
+@click.option("--out", "out_dir", default="benchmark-report", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for run files, report.md/json and report.png.")
+@click.option("--reranker", help="Cross-encoder folder for the rerank stage (default: the "
+              "index's own).")
+@click.option("--latency-queries", default=200, show_default=True,
+              help="Single-query calls timed per stage (0 skips latency).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of tables.")
+def benchmark_cmd(index_dir: Path, queries: Path | None, qrels: Path | None,
+                  dataset: str | None, split: str | None, limit: int | None, stages: str,
+                  depth: int, out_dir: Path, reranker: str | None, latency_queries: int,
+                  as_json: bool) -> None:
+    """Run each stage over judged queries; write TREC runs and a report.
+
+    \b
+    Metrics follow trec_eval exactly (graded nDCG, Recall over judged-relevant products,
+    queries without a relevant judgement left out); every non-baseline stage gets a paired
+    randomisation test against the first stage. `trec_eval -c OUT/qrels.txt OUT/bm25.run`
+    reproduces the numbers.
+
+    \b
+    Example (Home Depot dev over its full catalogue):
+      search-cli build-index --catalog ../shared/data/homedepot/products.jsonl \\
+          --index hd-index --model minilm
+      search-cli benchmark --index hd-index --dataset homedepot --split dev --out hd-report
+    """
+    from shopsearch.benchmarks.report import write_report
+    from shopsearch.benchmarks.runner import run_benchmark
+    from shopsearch.cli.format import human_bytes
+    from shopsearch.engine import SearchEngine
+    from shopsearch.index.store import folder_size
+
+    query_map, qrel_map = _labelled_queries(dataset, split, queries, qrels, limit)
+    wanted = [s.strip() for s in stages.split(",") if s.strip()]
+    engine = SearchEngine.open(index_dir, reranker=reranker, use_reranker="rerank" in wanted,
+                               load_encoder=bool({"dense", "hybrid", "rerank"} & set(wanted)))
+    retrievers = {}
+    for stage in wanted:
+        try:
+            retrievers[stage] = engine.stage(stage)
+        except SearchError as exc:
+            click.echo(f"note: skipping stage {stage}: {exc}", err=True)
+    if not retrievers:
+        raise SearchError("none of the requested stages can run on this index")
+    report = run_benchmark(retrievers, query_map, qrel_map, depth=depth, out_dir=out_dir,
+                           latency_queries=latency_queries, progress=not as_json,
+                           extra={"index": str(index_dir),
+                                  "index_bytes": folder_size(Path(index_dir)),
+                                  "products": engine.index.manifest.products,
+                                  "encoder": (engine.index.manifest.encoder or {}).get("name"),
+                                  "reranker": getattr(engine.reranker, "name", None),
+                                  "data": dataset or f"{queries} + {qrels}"})
+    paths = write_report(report, out_dir)
+    if as_json:
+        click.echo(paths["json"].read_text(encoding="utf-8"))
+        return
+    click.echo(report.to_markdown())
+    click.echo(f"\nindex: {human_bytes(folder_size(Path(index_dir)))}; reports: "
+               f"{paths['markdown']}, {paths['json']}, {paths['png']}")
+
+
+@cli.command("tune-fusion")
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True,
+              type=click.Path(path_type=Path))
+@_data_options
+@click.option("--metric", default="nDCG@10", show_default=True,
+              help="What to maximise (any measure `benchmark` reports).")
+@click.option("--depth", default=100, show_default=True,
+              help="Candidates per retriever, as at query time.")
+@click.option("--write/--dry-run", default=True, show_default=True,
+              help="Store the best setting in the index manifest.")
+@click.option("--json", "as_json", is_flag=True)
+def tune_fusion_cmd(index_dir: Path, queries: Path | None, qrels: Path | None,
+                    dataset: str | None, split: str | None, limit: int | None, metric: str,
+                    depth: int, write: bool, as_json: bool) -> None:
+    """Grid-search the fusion (RRF k and weights; convex alpha and normalisation) on judged
+    queries and store the best in the index manifest.
+
+    Tune on queries you will not report on (e.g. training queries), then benchmark on dev.
+    """
+    from shopsearch.benchmarks.report import format_table
+    from shopsearch.benchmarks.tuning import tune_fusion
+    from shopsearch.engine import SearchEngine
+    from shopsearch.index.store import update_manifest
+
+    query_map, qrel_map = _labelled_queries(dataset, split, queries, qrels, limit)
+    engine = SearchEngine.open(index_dir, use_reranker=False)
+    if engine.encoder is None:
+        raise SearchError("this index has no dense part: there is nothing to fuse")
+    qids = [q for q in query_map if q in qrel_map]
+    texts = [query_map[q] for q in qids]
+    sparse = dict(zip(qids, engine.bm25_search(texts, depth)))
+    dense = dict(zip(qids, engine.dense_search(texts, depth)))
+    judged = {q: qrel_map[q] for q in qids}
+    result = tune_fusion(sparse, dense, judged, current=engine.fusion, metric=metric, k=depth)
+    if write:
+        update_manifest(Path(index_dir), fusion=result.best.to_dict())
+    summary = {"metric": metric, "queries": len(qids), "before": result.current.to_dict(),
+               "before_score": result.current_score, "best": result.best.to_dict(),
+               "best_score": result.best_score, "written": write}
+    if as_json:
+        _echo_json(summary)
+        return
+    top = sorted(result.table, key=lambda row: -row[1])[:10]
+    rows = [[c.method, c.rrf_k if c.method == "rrf" else "-",
+             ",".join(f"{w:g}" for w in c.weights) if c.method == "rrf" else "-",
+             c.alpha if c.method == "convex" else "-",
+             c.normalization if c.method == "convex" else "-", score] for c, score in top]
+    click.echo(format_table(rows, ["method", "rrf_k", "weights (bm25,dense)", "alpha", "norm",
+                                   metric]))
+    click.echo(f"\n{metric} on {len(qids)} queries: {result.current_score:.4f} with the "
+               f"current setting -> {result.best_score:.4f} with the best"
+               + (f"; written to {index_dir}/manifest.json" if write else " (dry run)"))
