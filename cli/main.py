@@ -37,6 +37,10 @@ def _quiet_libraries(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("jieba").setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        # transformers' per-tensor "Loading weights" bar is noise in a CLI; our own encoding
+        # and training progress bars are separate and stay.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import jieba
 

@@ -31,7 +31,9 @@ class SentenceTransformerEncoder:
         self._model = load_bi_encoder(model, device=device)
         self._model.max_seq_length = min(max_length, self._model.max_seq_length or max_length)
         self.max_length = self._model.max_seq_length
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or \
+            self._model.get_sentence_embedding_dimension  # sentence-transformers < 6
+        self.dim = int(get_dim())
         prompts = getattr(self._model, "prompts", {}) or {}
         self.query_prompt = prompts.get("query", "")
         self.document_prompt = prompts.get("document", "")

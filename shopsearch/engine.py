@@ -135,6 +135,9 @@ class SearchEngine:
         encoder = None
         if load_encoder and index.manifest.encoder is not None:
             encoder = load_manifest_encoder(index)
+            # The first forward pass and the first FAISS search pay one-off set-up costs
+            # (hundreds of ms); pay them here rather than in the first query's timings.
+            search_index(index.faiss_index, encoder.encode_queries(["warm-up"]), 1)
         rerank_model = None
         if use_reranker:
             source = reranker or index.reranker_path
