@@ -1,0 +1,158 @@
+"""Full query latency through the search engine, per stage, one query at a time.
+
+Opens an index with ``SearchEngine.open`` and runs ``engine.search(query, k)`` for ``--n``
+real queries, one call per query (the latency a shopper sees), and reports p50/p95/p99 of the
+total and of every stage in ``result.timings_ms`` (filters, analysis, bm25, encode_query,
+dense_search, fusion, rerank, total; stages an index does not have are absent).
+
+The variants are measured side by side, interleaved query by query after a warm-up so machine
+noise hits them alike:
+
+* ``full``: the engine as opened (hybrid when the index has a dense part, else BM25 only);
+* ``+ rerank``: the same with the cross-encoder, when ``--reranker`` is given or the index
+  stores one (each query reranks its top ``rerank_top`` = 50 fused candidates);
+* ``BM25 only``: the same index opened with ``load_encoder=False``, when it has a dense part,
+  to show what the dense stages cost.
+
+    search-cli build-index --catalog ../shared/data/homedepot/products.jsonl \\
+        --index /tmp/hd-bm25 --no-dense
+    python benchmarks/query_latency.py --index /tmp/hd-bm25 \\
+        --queries ../shared/data/homedepot/queries.dev.tsv --n 200
+    python benchmarks/query_latency.py --index /tmp/hd-minilm --reranker DIR     # with rerank
+    python benchmarks/query_latency.py --index /tmp/hd-bm25 --n 5 --warmup 1     # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shopsearch.benchmarks.machine import describe_machine
+
+QUERIES = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "homedepot"
+           / "queries.dev.tsv")
+STAGE_ORDER = ("filters", "analysis", "bm25", "encode_query", "dense_search", "fusion",
+               "rerank", "total")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def read_queries(path: Path) -> list[str]:
+    """Query texts from a ``query_id<TAB>query`` TSV (a line without a tab is the query)."""
+    with path.open(encoding="utf-8") as handle:
+        return [line.rstrip("\n").split("\t", 1)[-1] for line in handle if line.strip()]
+
+
+def open_variants(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    from shopsearch.engine import SearchEngine
+
+    base = SearchEngine.open(args.index, use_reranker=False)
+    has_dense = base.encoder is not None
+    variants = [("hybrid" if has_dense else "BM25 only (no dense part)", base)]
+    reranked = None
+    if args.reranker is not None or base.index.reranker_path is not None:
+        if not args.no_rerank:
+            reranked = SearchEngine.open(args.index, reranker=args.reranker, use_reranker=True)
+    if reranked is not None and reranked.reranker is not None:
+        variants.append((variants[0][0] + " + rerank", reranked))
+    if has_dense:
+        variants.append(("BM25 only (load_encoder=False)",
+                         SearchEngine.open(args.index, use_reranker=False, load_encoder=False)))
+    return variants
+
+
+def percentile_rows(name: str, timings: list[dict[str, float]]) -> list[tuple[Any, ...]]:
+    rows = []
+    stages = [s for s in STAGE_ORDER if any(s in t for t in timings)]
+    stages += sorted({s for t in timings for s in t} - set(stages))
+    for stage in stages:
+        values = np.asarray([t[stage] for t in timings if stage in t])
+        rows.append((name, stage, len(values), *np.percentile(values, [50, 95, 99]),
+                     float(values.mean())))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Smoke run: --index /tmp/hd-bm25 --n 5 --warmup 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, required=True, help="index folder")
+    parser.add_argument("--queries", type=Path, default=QUERIES,
+                        help="query TSV (query_id<TAB>query); default Home Depot dev queries")
+    parser.add_argument("--n", type=int, default=200, help="timed queries (default 200)")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="warm-up queries per variant, not timed (default 10)")
+    parser.add_argument("--k", type=int, default=10, help="results per query")
+    parser.add_argument("--reranker", default=None,
+                        help="cross-encoder folder (default: the one stored in the index, if any)")
+    parser.add_argument("--no-rerank", action="store_true", help="skip the reranked variant")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--faiss-threads", type=int, default=None,
+                        help="FAISS OpenMP threads (default: FAISS's own, i.e. all cores); 1 "
+                             "avoids waiting on a busy second core for a single query")
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.faiss_threads is not None:
+        faiss.omp_set_num_threads(args.faiss_threads)
+    queries = read_queries(args.queries)
+    if len(queries) < args.n + args.warmup:
+        parser.error(f"{args.queries} has {len(queries)} queries; need --n + --warmup")
+    warm, timed = queries[: args.warmup], queries[args.warmup: args.warmup + args.n]
+
+    log(f"opening {args.index}")
+    variants = open_variants(args)
+    for name, _ in variants:
+        log(f"variant: {name}")
+    for query in warm:
+        for _, engine in variants:
+            engine.search(query, k=args.k)
+    log(f"timing {len(timed)} queries x {len(variants)} variants")
+    timings: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
+    wall: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for i, query in enumerate(timed):
+        for j in range(len(variants)):
+            name, engine = variants[(i + j) % len(variants)]
+            t0 = time.perf_counter()
+            result = engine.search(query, k=args.k)
+            wall[name].append((time.perf_counter() - t0) * 1000)
+            timings[name].append(dict(result.timings_ms))
+
+    rows = []
+    for name, _ in variants:
+        rows.extend(percentile_rows(name, timings[name]))
+        rows.extend(percentile_rows(name, [{"wall (search() call)": w} for w in wall[name]]))
+
+    base_engine = variants[0][1]
+    manifest = base_engine.index.manifest
+    encoder = (manifest.encoder or {}).get("name") if manifest.encoder else None
+    faiss_factory = (manifest.faiss or {}).get("factory") if manifest.faiss else None
+    print("\n| variant | stage | n | p50 ms | p95 ms | p99 ms | mean ms |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, stage, n, p50, p95, p99, mean in rows:
+        print(f"| {name} | {stage} | {n} | {p50:.2f} | {p95:.2f} | {p99:.2f} | {mean:.2f} |")
+    print(f"\nmachine: {describe_machine()}")
+    reranker_name = next((getattr(e.reranker, "name", "?") for _, e in variants
+                          if e.reranker is not None), None)
+    print(f"index {args.index}: {len(base_engine.index.products):,} products, encoder "
+          f"{encoder or 'none'}, FAISS {faiss_factory or 'none'}, reranker "
+          f"{reranker_name or 'none'}; {len(timed)} queries from {args.queries.name} one at a "
+          f"time, k={args.k}, depth {base_engine.depth}, rerank_top {base_engine.rerank_top}; "
+          f"variants interleaved after {len(warm)} warm-up queries; torch {args.threads} "
+          f"threads, FAISS {faiss.omp_get_max_threads()} threads")
+
+
+if __name__ == "__main__":
+    main()
