@@ -41,6 +41,8 @@ def _quiet_libraries(verbose: bool) -> None:
         # transformers' per-tensor "Loading weights" bar is noise in a CLI; our own encoding
         # and training progress bars are separate and stay.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # transformers sets its own log level from this variable when first imported.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         import jieba
 
