@@ -152,9 +152,9 @@ def train_reranker_cmd(index_dir: Path, clicks: Path | None, queries, qrels, dat
     \b
     From a click log: shown-but-not-clicked impressions are negatives, clicks are positives,
     each weighted by 1/propensity of its rank (estimated by EM unless given), plus random
-    negatives; queries are split 80/10/10 (60/20/20 under 200 queries) into train / dev (early stopping,
-    calibration fit)
-    / test (reported calibration). From judgements: label = grade/2 with BM25-mined negatives.
+    negatives. Queries are split 80/10/10 (60/20/20 under 200 queries) into train, dev
+    (early stopping, calibration fit) and test (reported calibration).
+    From judgements: label = grade/2, with BM25-mined negatives.
 
     \b
     Examples:
