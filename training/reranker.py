@@ -1,0 +1,579 @@
+"""Fine-tune the cross-encoder reranker to predict click (or relevance) probability.
+
+The model is a sentence-transformers ``CrossEncoder`` with one output logit per (query, text)
+pair. Training minimises binary cross-entropy on that logit against a target in [0, 1] (hard
+0/1 clicks or soft graded labels such as ``grade / max_grade``), with one weight per example:
+the inverse-propensity (IPW) weight of a logged click, or 1.
+
+Why a small torch loop rather than ``CrossEncoderTrainer``: the trainer's
+``BinaryCrossEntropyLoss`` has no per-example weight, and the trainer needs ``datasets`` and
+``accelerate``, which this project does not install. The loop below is the standard recipe
+(AdamW with decoupled weight decay, linear warm-up then linear decay, gradient clipping at 1.0)
+and reuses the library for everything else: ``CrossEncoder.preprocess`` / forward for
+tokenisation and scoring, ``CrossEncoder.save`` for the folder, transformers' scheduler.
+
+Conventions:
+- Logits are raw (before the sigmoid). ``predict_logits`` returns them; the engine applies its
+  calibrator (temperature / Platt) on top to get a click probability.
+- The weighted loss is self-normalised: ``sum(w * bce) / sum(w)`` over a batch (SNIPS-style);
+  an example of weight 0 therefore has exactly no effect on the batch's loss or gradients.
+- Dev metrics: weighted log loss (same formula over the whole dev set) and weighted ROC AUC of
+  ``sigmoid(logit)`` with targets binarised at 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shopsearch.errors import DataError, ModelError
+
+logger = logging.getLogger(__name__)
+
+# Names under which Hugging Face configs keep their dropout rates (BERT, RoBERTa, XLM-R,
+# DistilBERT, ELECTRA, DeBERTa...). Only the names a config already has are overridden.
+_DROPOUT_CONFIG_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+    "classifier_dropout",
+)
+
+
+@dataclass
+class RerankerTrainingConfig:
+    """Hyper-parameters for :func:`train_cross_encoder`.
+
+    ``weight_decay`` is AdamW's decoupled L2 decay (not applied to biases and LayerNorm).
+    ``dropout`` overrides the hidden and attention dropout of the transformer config when set.
+    ``early_stopping_patience``: stop after this many epochs in a row without a lower dev log
+    loss (None: never stop early). The weights of the best epoch are restored before saving.
+    ``eval_every_epoch=False`` evaluates only after the last epoch (no early stopping).
+    """
+
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 3e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    dropout: float | None = None
+    max_length: int = 128
+    seed: int = 0
+    early_stopping_patience: int | None = 1
+    eval_every_epoch: bool = True
+
+
+@dataclass
+class PairExample:
+    """One training pair: ``label`` is the target probability in [0, 1] (may be soft);
+    ``weight`` >= 0 scales its loss (an IPW weight for logged clicks, else 1)."""
+
+    query: str
+    text: str
+    label: float
+    weight: float = 1.0
+
+
+@dataclass
+class TrainingResult:
+    """What a training run produced.
+
+    ``history`` has one dict per evaluated epoch; epoch 0 is the model before training
+    (``train_loss`` None). ``best_epoch`` (>= 1) is the epoch whose weights were saved.
+    ``dev_logits`` (shape ``(n_dev,)``) are the saved model's raw logits on the dev pairs and
+    ``dev_labels`` their targets, ready for fitting a calibrator. Both are None for the
+    bi-encoder, whose dev evaluation is a callable.
+    """
+
+    out_dir: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    dev_logits: np.ndarray | None = None
+    dev_labels: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Loss and metrics
+
+
+def weighted_bce_with_logits(logits: Any, labels: Any, weights: Any) -> Any:
+    """Self-normalised weighted binary cross-entropy on logits.
+
+    Args:
+        logits: float tensor ``(B,)``, raw scores.
+        labels: float tensor ``(B,)``, targets in [0, 1].
+        weights: float tensor ``(B,)``, >= 0.
+
+    Returns a scalar tensor ``sum(w * bce) / sum(w)``; 0 (still attached to the graph, with
+    zero gradients) when every weight is 0.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    per_example = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (B,)
+    total_weight = weights.sum()
+    if float(total_weight) <= 0.0:
+        return (logits * 0.0).sum()
+    return (weights * per_example).sum() / total_weight
+
+
+def weighted_log_loss(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
+    """``sum(w * bce(sigmoid(logit), label)) / sum(w)`` in nats, computed stably from logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.sum() <= 0:
+        return float("nan")
+    # bce(x, y) = softplus(x) - y * x, and softplus(x) = logaddexp(0, x) never overflows.
+    per_example = np.logaddexp(0.0, logits) - labels * logits
+    return float((weights * per_example).sum() / weights.sum())
+
+
+def weighted_auc(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted ROC AUC with targets binarised at 0.5; NaN when dev has a single class."""
+    from sklearn.metrics import roc_auc_score
+
+    binary = (np.asarray(labels) >= 0.5).astype(int)
+    weights = np.asarray(weights, dtype=np.float64)
+    kept = weights > 0
+    if len(set(binary[kept].tolist())) < 2:
+        return float("nan")
+    return float(roc_auc_score(binary[kept], np.asarray(logits)[kept], sample_weight=weights[kept]))
+
+
+class EarlyStopper:
+    """Tracks the best (lowest) value; ``update`` returns (improved, should_stop).
+
+    Stops once ``patience`` updates in a row failed to improve, as Keras and the transformers
+    callback do. ``patience=None`` never stops.
+    """
+
+    def __init__(self, patience: int | None, min_delta: float = 0.0) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = math.inf
+        self.bad_updates = 0
+
+    def update(self, value: float) -> tuple[bool, bool]:
+        # NaN never improves, so a diverged run keeps its last good weights.
+        if value == value and value < self.best - self.min_delta:
+            self.best = value
+            self.bad_updates = 0
+            return True, False
+        self.bad_updates += 1
+        return False, self.patience is not None and self.bad_updates >= self.patience
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers (the bi-encoder and MLM loops use them too)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (the new classifier head's init and dropout depend on it)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: Any, learning_rate: float, weight_decay: float, total_steps: int,
+                   warmup_ratio: float) -> tuple[Any, Any]:
+    """AdamW (no decay on biases and LayerNorm weights) with linear warm-up then linear decay."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+        foreach=True,  # batched over tensors: the default per-tensor loop is slow on CPU
+    )
+    warmup_steps = int(math.ceil(warmup_ratio * total_steps))
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
+    return optimizer, scheduler
+
+
+def snapshot_state(model: Any) -> dict[str, Any]:
+    """A detached copy of the weights, to restore the best epoch without writing to disk."""
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def library_versions() -> dict[str, str]:
+    import sentence_transformers
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "sentence_transformers": sentence_transformers.__version__}
+
+
+def write_training_json(out_dir: Path, payload: Mapping[str, Any]) -> None:
+    """``training.json``: the run's manifest (config, history, data sizes, library versions)."""
+    (Path(out_dir) / "training.json").write_text(
+        json.dumps(_finite(payload), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False) + "\n",
+        encoding="utf-8")
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: strict JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    """Fail before training, not after, when ``out_dir`` holds something and may not be replaced."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DataError(f"{out_dir} already exists and is not empty: choose another folder or pass overwrite=True")
+    return out_dir
+
+
+def save_into_place(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(folder)`` on a fresh sibling folder, then swap it in for ``out_dir``.
+
+    A crash while writing leaves any previous ``out_dir`` intact and no half-written model.
+    """
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        write(staging)
+        if out_dir.is_dir():
+            shutil.rmtree(out_dir)
+        elif out_dir.exists():
+            out_dir.unlink()
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value != value else value
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-encoder
+
+
+def _check_examples(examples: Sequence[PairExample], name: str) -> None:
+    for i, ex in enumerate(examples):
+        if not (0.0 <= float(ex.label) <= 1.0):
+            raise DataError(f"label must be in [0, 1], got {ex.label!r}", path=name, line=i + 1, field="label")
+        if not (math.isfinite(float(ex.weight)) and float(ex.weight) >= 0.0):
+            raise DataError(f"weight must be finite and >= 0, got {ex.weight!r}", path=name, line=i + 1,
+                            field="weight")
+
+
+def load_cross_encoder(base_model: str | Path, *, max_length: int | None = None, dropout: float | None = None,
+                       num_labels: int = 1, device: str | None = None) -> Any:
+    """Load a CrossEncoder from a path or hub id; a bi-encoder or plain BERT folder gets a new head.
+
+    Raises ModelError when the model cannot be found (the project runs offline: pass a folder).
+    """
+    from sentence_transformers import CrossEncoder
+
+    config_kwargs: dict[str, Any] | None = None
+    if dropout is not None:
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        from transformers import AutoConfig
+
+        try:
+            hf_config = AutoConfig.from_pretrained(str(base_model))
+        except OSError as exc:
+            raise ModelError(f"cannot load model config from {base_model!s}: {exc}") from exc
+        config_kwargs = {key: dropout for key in _DROPOUT_CONFIG_KEYS if hasattr(hf_config, key)}
+    try:
+        return CrossEncoder(str(base_model), num_labels=num_labels, max_length=max_length, device=device,
+                            config_kwargs=config_kwargs)
+    except OSError as exc:
+        raise ModelError(f"cannot load cross-encoder {base_model!s} (offline? pass a local folder): {exc}") from exc
+
+
+def _pair_logits(model: Any, pairs: Sequence[tuple[str, str]]) -> Any:
+    """Forward a batch of pairs with gradients; returns logits ``(B,)``."""
+    from sentence_transformers.util import batch_to_device
+
+    features = batch_to_device(model.preprocess(list(pairs)), model.device)
+    return model(features)["scores"].view(-1)  # (B, 1) -> (B,)
+
+
+def predict_logits(model_dir_or_model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 64,
+                   max_length: int | None = None, *, device: str | None = None) -> np.ndarray:
+    """Raw logits (no sigmoid), float32 array ``(len(pairs),)``, in the order of ``pairs``.
+
+    ``model_dir_or_model`` is a CrossEncoder folder (or hub id) or a loaded ``CrossEncoder``;
+    ``max_length`` truncates each (query, text) pair to that many tokens (None: the model's own).
+    """
+    import torch
+
+    if not pairs:
+        return np.zeros(0, dtype=np.float32)
+    model = model_dir_or_model
+    if isinstance(model_dir_or_model, (str, Path)):
+        model = load_cross_encoder(model_dir_or_model, max_length=max_length, device=device)
+    kwargs: dict[str, Any] = {}
+    if max_length is not None:
+        kwargs["processing_kwargs"] = {"text": {"max_length": int(max_length), "truncation": "longest_first"}}
+    logits = model.predict([tuple(p) for p in pairs], batch_size=batch_size, activation_fn=torch.nn.Identity(),
+                           show_progress_bar=False, convert_to_numpy=True, **kwargs)
+    return np.asarray(logits, dtype=np.float32).reshape(len(pairs))
+
+
+def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], dev: Sequence[PairExample],
+                        out_dir: Path, config: RerankerTrainingConfig | None = None, *, num_labels: int = 1,
+                        progress: bool = True, device: str | None = None,
+                        overwrite: bool = False) -> TrainingResult:
+    """Fine-tune a cross-encoder with weighted BCE, early stopping on dev log loss, and save it.
+
+    ``base_model`` may be a cross-encoder, a bi-encoder (sentence-transformers) or a plain BERT
+    folder; the last two get a newly initialised one-logit head. Writes ``out_dir`` as a standard
+    CrossEncoder folder (``CrossEncoder(out_dir)`` reloads it; its saved activation is the
+    sigmoid) plus ``training.json``. An empty ``dev`` disables evaluation and early stopping.
+    A non-empty ``out_dir`` is refused before training unless ``overwrite``; the folder is
+    written beside it and swapped in at the end.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    config = config or RerankerTrainingConfig()
+    if num_labels != 1:
+        raise ValueError("only num_labels=1 is supported: the loss is binary cross-entropy on one logit")
+    if not train:
+        raise DataError("no training pairs")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ValueError("epochs and batch_size must be >= 1")
+    _check_examples(train, "train")
+    _check_examples(dev, "dev")
+    out_dir = check_out_dir(out_dir, overwrite)
+
+    seed_everything(config.seed)
+    model = load_cross_encoder(base_model, max_length=config.max_length, dropout=config.dropout, device=device)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    optimizer, scheduler = make_optimizer(model, config.learning_rate, config.weight_decay,
+                                          steps_per_epoch * config.epochs, config.warmup_ratio)
+
+    dev_pairs = [(ex.query, ex.text) for ex in dev]
+    dev_labels = np.array([ex.label for ex in dev], dtype=np.float32)
+    dev_weights = np.array([ex.weight for ex in dev], dtype=np.float64)
+
+    def evaluate() -> tuple[np.ndarray, float, float]:
+        logits = predict_logits(model, dev_pairs, batch_size=max(config.batch_size, 64))
+        return logits, weighted_log_loss(logits, dev_labels, dev_weights), weighted_auc(logits, dev_labels, dev_weights)
+
+    history: list[dict[str, Any]] = []
+    best_logits: np.ndarray | None = None
+    if dev:
+        _, loss0, auc0 = evaluate()
+        history.append({"epoch": 0, "train_loss": None, "dev_log_loss": loss0, "dev_auc": _nan_to_none(auc0)})
+        logger.info("before training: dev log loss %.4f, AUC %.4f", loss0, auc0)
+
+    stopper = EarlyStopper(config.early_stopping_patience)
+    best_state: dict[str, Any] | None = None
+    best_epoch = 0  # set below: the best evaluated epoch, else the last one
+    rng = np.random.default_rng(config.seed)
+    stopped_early = False
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))
+        loss_sum, weight_sum = 0.0, 0.0
+        batches = range(0, len(order), config.batch_size)
+        for start in tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False):
+            batch = [train[i] for i in order[start:start + config.batch_size]]
+            logits = _pair_logits(model, [(ex.query, ex.text) for ex in batch])  # (B,)
+            labels = torch.tensor([ex.label for ex in batch], dtype=logits.dtype, device=logits.device)  # (B,)
+            weights = torch.tensor([ex.weight for ex in batch], dtype=logits.dtype, device=logits.device)  # (B,)
+            loss = weighted_bce_with_logits(logits, labels, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            batch_weight = float(weights.sum())
+            loss_sum += float(loss.detach()) * batch_weight
+            weight_sum += batch_weight
+        train_loss = loss_sum / weight_sum if weight_sum > 0 else float("nan")
+
+        if not dev or (not config.eval_every_epoch and epoch < config.epochs):
+            history.append({"epoch": epoch, "train_loss": train_loss, "dev_log_loss": None, "dev_auc": None})
+            logger.info("epoch %d: train loss %.4f", epoch, train_loss)
+            continue
+        logits, dev_loss, dev_auc = evaluate()
+        history.append({"epoch": epoch, "train_loss": train_loss, "dev_log_loss": dev_loss,
+                        "dev_auc": _nan_to_none(dev_auc)})
+        logger.info("epoch %d: train loss %.4f, dev log loss %.4f, dev AUC %.4f", epoch, train_loss, dev_loss,
+                    dev_auc)
+        improved, stop = stopper.update(dev_loss)
+        if improved:
+            best_epoch, best_logits = epoch, logits
+            # Copy only when a later epoch could still be worse; the live weights are this epoch's.
+            best_state = snapshot_state(model) if epoch < config.epochs else None
+        if stop and epoch < config.epochs:
+            stopped_early = True
+            logger.info("early stopping after epoch %d; best epoch %d", epoch, best_epoch)
+            break
+
+    last_epoch = history[-1]["epoch"] if history else config.epochs
+    if best_logits is None:
+        best_epoch = last_epoch  # no dev set, or every dev loss was NaN: keep the final weights
+    elif best_epoch != last_epoch:
+        model.load_state_dict(best_state)
+    model.eval()
+    if dev and best_logits is None:
+        # Every evaluated epoch was NaN: keep the final weights and report their logits.
+        best_logits = evaluate()[0]
+
+    manifest = {
+        "kind": "cross-encoder",
+        "objective": "weighted binary cross-entropy on one logit (self-normalised per batch)",
+        "base_model": str(base_model),
+        "config": asdict(config),
+        "history": history,
+        "best_epoch": best_epoch,
+        "stopped_early": stopped_early,
+        "data": {
+            "n_train": len(train), "n_dev": len(dev),
+            "train_weight_sum": float(sum(ex.weight for ex in train)),
+            "train_mean_label": float(np.mean([ex.label for ex in train])),
+            "dev_mean_label": float(dev_labels.mean()) if dev else None,
+        },
+        "versions": library_versions(),
+    }
+
+    def write(folder: Path) -> None:
+        model.save(str(folder), create_model_card=False)
+        write_training_json(folder, manifest)
+
+    save_into_place(out_dir, write)
+    return TrainingResult(out_dir=out_dir, history=history, best_epoch=best_epoch, dev_logits=best_logits,
+                          dev_labels=dev_labels if dev else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Building training pairs
+
+
+def build_pairs_from_qrels(queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
+                           product_text: Mapping[str, str], *,
+                           negatives: Mapping[str, Sequence[str]] | None = None, max_grade: int = 2,
+                           skip_missing: bool = False) -> list[PairExample]:
+    """Pointwise pairs from graded judgements: ``label = grade / max_grade``, weight 1.
+
+    Negative grades (TREC's "junk") count as 0. ``negatives`` adds unjudged products per query
+    (e.g. mined from BM25) with label 0; a product that is judged for that query keeps its
+    judgement instead. Order: queries in ``qrels`` order, judged products first.
+    Unknown query or product ids raise DataError, or are skipped when ``skip_missing``.
+    """
+    if max_grade < 1:
+        raise ValueError(f"max_grade must be >= 1, got {max_grade}")
+    pairs: list[PairExample] = []
+    missing: list[str] = []
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            missing.append(f"query {qid}")
+            continue
+        query = queries[qid]
+        for pid, grade in judged.items():
+            if pid not in product_text:
+                missing.append(f"product {pid}")
+                continue
+            if grade > max_grade:
+                raise DataError(f"grade {grade} for query {qid}, product {pid} exceeds max_grade={max_grade}",
+                                field="grade")
+            pairs.append(PairExample(query, product_text[pid], max(grade, 0) / max_grade))
+        for pid in (negatives or {}).get(qid, ()):
+            if pid in judged:
+                continue
+            if pid not in product_text:
+                missing.append(f"product {pid}")
+                continue
+            pairs.append(PairExample(query, product_text[pid], 0.0))
+    _report_missing(missing, skip_missing)
+    return pairs
+
+
+def build_pairs_from_clicks(rows: Sequence[tuple[str, str, bool, float]], product_text: Mapping[str, str],
+                            sampled_negatives_per_query: int, rng: np.random.Generator, *,
+                            skip_missing: bool = False) -> list[PairExample]:
+    """Pointwise pairs from a click log: one pair per impression plus random negatives.
+
+    ``rows`` are ``(query, product_id, clicked, weight)`` impressions; a clicked one is a
+    positive (label 1), a shown-but-not-clicked one a negative (label 0), each with its weight
+    (the IPW weight). Then, per distinct query, ``sampled_negatives_per_query`` products drawn
+    uniformly from the catalogue among those never shown for that query, label 0, weight 1
+    (fewer if the catalogue runs out). ``rng`` is a ``numpy.random.Generator``.
+    """
+    pairs: list[PairExample] = []
+    shown: dict[str, set[str]] = {}
+    missing: list[str] = []
+    for line, (query, pid, clicked, weight) in enumerate(rows, start=1):
+        if not (math.isfinite(float(weight)) and float(weight) >= 0.0):
+            raise DataError(f"weight must be finite and >= 0, got {weight!r}", path="clicks", line=line,
+                            field="weight")
+        shown.setdefault(query, set()).add(pid)
+        if pid not in product_text:
+            missing.append(f"product {pid}")
+            continue
+        pairs.append(PairExample(query, product_text[pid], 1.0 if clicked else 0.0, float(weight)))
+    _report_missing(missing, skip_missing)
+
+    if sampled_negatives_per_query > 0:
+        catalogue = sorted(product_text)  # sorted so the draw depends on the rng only
+        for query, seen in shown.items():
+            seen_in_catalogue = sum(1 for pid in seen if pid in product_text)
+            wanted = min(sampled_negatives_per_query, len(catalogue) - seen_in_catalogue)
+            picked: list[str] = []
+            taken = set(seen)
+            # Rejection sampling: cheap while the shown set is a small part of the catalogue.
+            while len(picked) < wanted:
+                for idx in rng.integers(0, len(catalogue), size=2 * (wanted - len(picked)) + 4):
+                    pid = catalogue[int(idx)]
+                    if pid not in taken:
+                        taken.add(pid)
+                        picked.append(pid)
+                        if len(picked) == wanted:
+                            break
+            pairs.extend(PairExample(query, product_text[pid], 0.0, 1.0) for pid in picked)
+    return pairs
+
+
+def _report_missing(missing: list[str], skip_missing: bool) -> None:
+    if not missing:
+        return
+    unique = list(dict.fromkeys(missing))
+    message = f"{len(unique)} unknown ids, e.g. {', '.join(unique[:5])}"
+    if not skip_missing:
+        raise DataError(message + " (do the queries, judgements and catalogue match? skip_missing=True skips them)")
+    logger.warning("skipped %s", message)
