@@ -87,8 +87,9 @@ class PairExample:
 class TrainingResult:
     """What a training run produced.
 
-    ``history`` has one dict per evaluated epoch; epoch 0 is the model before training
-    (``train_loss`` None). ``best_epoch`` (>= 1) is the epoch whose weights were saved.
+    ``history`` has one dict per epoch (``epoch``, ``train_loss``, ``dev_log_loss``,
+    ``dev_auc``); epoch 0 is the model before training (``train_loss`` None). Metrics not
+    measured (no dev set, single-class dev for AUC) are NaN here and null in training.json. ``best_epoch`` (>= 1) is the epoch whose weights were saved.
     ``dev_logits`` (shape ``(n_dev,)``) are the saved model's raw logits on the dev pairs and
     ``dev_labels`` their targets, ready for fitting a calibrator. Both are None for the
     bi-encoder, whose dev evaluation is a callable.
@@ -279,10 +280,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _nan_to_none(value: float) -> float | None:
-    return None if value != value else value
-
-
 # --------------------------------------------------------------------------------------------
 # Cross-encoder
 
@@ -397,7 +394,7 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
     best_logits: np.ndarray | None = None
     if dev:
         _, loss0, auc0 = evaluate()
-        history.append({"epoch": 0, "train_loss": None, "dev_log_loss": loss0, "dev_auc": _nan_to_none(auc0)})
+        history.append({"epoch": 0, "train_loss": None, "dev_log_loss": loss0, "dev_auc": auc0})
         logger.info("before training: dev log loss %.4f, AUC %.4f", loss0, auc0)
 
     stopper = EarlyStopper(config.early_stopping_patience)
@@ -427,12 +424,12 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
         train_loss = loss_sum / weight_sum if weight_sum > 0 else float("nan")
 
         if not dev or (not config.eval_every_epoch and epoch < config.epochs):
-            history.append({"epoch": epoch, "train_loss": train_loss, "dev_log_loss": None, "dev_auc": None})
+            history.append({"epoch": epoch, "train_loss": train_loss, "dev_log_loss": math.nan,
+                            "dev_auc": math.nan})
             logger.info("epoch %d: train loss %.4f", epoch, train_loss)
             continue
         logits, dev_loss, dev_auc = evaluate()
-        history.append({"epoch": epoch, "train_loss": train_loss, "dev_log_loss": dev_loss,
-                        "dev_auc": _nan_to_none(dev_auc)})
+        history.append({"epoch": epoch, "train_loss": train_loss, "dev_log_loss": dev_loss, "dev_auc": dev_auc})
         logger.info("epoch %d: train loss %.4f, dev log loss %.4f, dev AUC %.4f", epoch, train_loss, dev_loss,
                     dev_auc)
         improved, stop = stopper.update(dev_loss)
