@@ -168,7 +168,7 @@ def train_reranker_from_clicks(impressions: Sequence[Impression], product_text: 
         shown.setdefault(imp.query, set()).add(imp.product_id)
     train += sampled_negatives(sorted(train_q), sorted(product_text), product_text, shown,
                                negatives_per_query, seed)
-    result = train_cross_encoder(base_model, train, dev, out_dir, config)
+    result = train_cross_encoder(base_model, train, dev, out_dir, config, overwrite=True)
     report = calibrate(out_dir, dev, test, method=calibration, max_length=config.max_length)
     _record_recipe(out_dir, {"trained_on": "click log", "position_weighting": position_weighting,
                              "propensities": None if theta is None else [float(x) for x in theta],
@@ -202,7 +202,7 @@ def train_reranker_from_qrels(queries: Mapping[str, str], qrels: Mapping[str, Ma
                                       max_grade=max_grade, skip_missing=True)
 
     train, dev, test = pairs_for(train_q), pairs_for(dev_q), pairs_for(test_q)
-    result = train_cross_encoder(base_model, train, dev, out_dir, config)
+    result = train_cross_encoder(base_model, train, dev, out_dir, config, overwrite=True)
     report = calibrate(out_dir, dev, test, method=calibration, max_length=config.max_length)
     _record_recipe(out_dir, {"trained_on": "graded judgements", "base_model": base_model})
     return RerankerRecipeResult(out_dir, None, len(train), result.history, result.best_epoch,
