@@ -13,10 +13,17 @@ a warm-up, so machine noise hits them alike); batch throughput (``--batch`` quer
 median of ``--batch-repeats`` alternating calls); Recall@10 of HNSW against exact Flat; index
 size (``faiss.serialize_index``); and a filtered-search row where ``allowed_rows`` is a random
 10% of the catalogue (FAISS ID selector, as the engine does), with recall against filtered
-exact search.
+exact search. Under the table, the mean exact cosine of neighbours #1, #10 and #100 shows how
+flat each catalogue's neighbourhoods are: the flatter (near-ties), the harder Recall@10 is for
+HNSW, and the less a miss matters to a shopper.
+
+``--real-index DIR`` adds a catalogue of real embeddings: the vectors stored in a shopsearch
+index built with a model, queried with ``--real-queries`` encoded by that index's encoder.
 
     python benchmarks/dense_speed.py                               # 100k and 1M (1M: ~20+ min)
     python benchmarks/dense_speed.py --sizes 100000
+    python benchmarks/dense_speed.py --sizes '' --real-index /tmp/hd-minilm \\
+        --real-queries ../shared/data/homedepot/queries.dev.tsv
     python benchmarks/dense_speed.py --sizes 5000 --queries 50 --batch-repeats 1   # smoke run
 """
 
@@ -138,30 +145,65 @@ def index_bytes(index: Any) -> int:
         return int(index.ntotal) * DIM * 4
 
 
-def run_size(size: int, args: argparse.Namespace) -> list[tuple[Any, ...]]:
+def synthetic_catalogue(size: int, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """Mixture-of-Gaussians catalogue ``(size, 384)`` and perturbed-row queries."""
     rng = np.random.default_rng(size)
     centres = rng.standard_normal((args.clusters, DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     log(f"{size:,}: generating vectors")
     vectors = mixture_vectors(size, centres, args.noise, rng)
     n_total = args.queries + args.warmup + args.recall_queries
-    queries = perturbed_queries(vectors, min(n_total, size), args.query_noise, rng)
+    return vectors, perturbed_queries(vectors, min(n_total, size), args.query_noise, rng)
+
+
+def real_catalogue(index_dir: str, queries_path: str | None, args: argparse.Namespace
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors stored in a shopsearch index's FAISS file, and query vectors: the given
+    queries encoded with the index's own encoder, else perturbed catalogue rows."""
+    import faiss
+
+    from shopsearch.index.store import load_index
+
+    index = load_index(index_dir)
+    if index.manifest.faiss is None:
+        raise SystemExit(f"{index_dir} has no dense part; build it with a --model")
+    stored = index.faiss_index
+    inner = faiss.downcast_index(stored.index) if hasattr(stored, "index") else stored
+    vectors = inner.reconstruct_n(0, inner.ntotal).astype(np.float32)
+    if queries_path is None:
+        rng = np.random.default_rng(0)
+        n_total = args.queries + args.warmup + args.recall_queries
+        return vectors, perturbed_queries(vectors, min(n_total, len(vectors)),
+                                          args.query_noise, rng)
+    from shopsearch.engine import load_manifest_encoder
+
+    with open(queries_path, encoding="utf-8") as handle:
+        texts = [line.rstrip("\n").split("\t", 1)[-1] for line in handle if line.strip()]
+    log(f"encoding {len(texts)} queries with the index's encoder")
+    queries = load_manifest_encoder(index).encode_queries(texts)
+    return vectors, np.ascontiguousarray(queries, dtype=np.float32)
+
+
+def run_catalogue(label: str, vectors: np.ndarray, queries: np.ndarray,
+                  args: argparse.Namespace) -> tuple[list[tuple[Any, ...]], str]:
+    """Table rows for one catalogue, and a note on how flat its exact neighbourhoods are."""
+    size = len(vectors)
+    rng = np.random.default_rng(size + 1)
     single = queries[: args.queries + args.warmup]
     if len(single) < args.warmup + 1:
         single = queries
     recall_q = queries[-args.recall_queries:]
     batch = recall_q[: args.batch] if len(recall_q) >= args.batch else np.resize(
-        recall_q, (args.batch, DIM))
+        recall_q, (args.batch, queries.shape[1]))
 
     t0 = time.perf_counter()
     flat = build_faiss_index(vectors, EXACT_FACTORY)
     build_flat = time.perf_counter() - t0
-    log(f"{size:,}: Flat built in {build_flat:.1f} s; building HNSW32 (slow at 1M)")
+    log(f"{label}: Flat built in {build_flat:.1f} s; building HNSW32 (slow at 1M)")
     t0 = time.perf_counter()
     hnsw = build_faiss_index(vectors, APPROXIMATE_FACTORY)
     build_hnsw = time.perf_counter() - t0
-    log(f"{size:,}: HNSW built in {build_hnsw:.1f} s")
-    del vectors
+    log(f"{label}: HNSW built in {build_hnsw:.1f} s")
     bytes_flat, bytes_hnsw = index_bytes(flat), index_bytes(hnsw)
 
     def make(index: Any, ef: int, allowed: np.ndarray | None = None
@@ -170,13 +212,17 @@ def run_size(size: int, args: argparse.Namespace) -> list[tuple[Any, ...]]:
 
     variants = [Variant("Flat (exact)", make(flat, 0))] + [
         Variant(f"HNSW32 ef={ef}", make(hnsw, ef)) for ef in EF_VALUES]
-    log(f"{size:,}: single-query latency, {len(single) - args.warmup} queries x "
+    log(f"{label}: single-query latency, {len(single) - args.warmup} queries x "
         f"{len(variants)} variants")
     with omp_threads(args.single_threads):
         interleaved_single(variants, single[args.warmup:], args.warmup)
-    log(f"{size:,}: batch throughput, batch {args.batch} x {args.batch_repeats}")
+    log(f"{label}: batch throughput, batch {args.batch} x {args.batch_repeats}")
     interleaved_batch(variants, batch, args.batch_repeats)
-    truth, _ = search_index(flat, recall_q, K)
+    deep_rows, deep_scores = search_index(flat, recall_q, 100)
+    truth = deep_rows[:, :K]
+    note = (f"{label}: exact cosine of neighbour #1 / #10 / #100, mean over queries: "
+            f"{deep_scores[:, 0].mean():.3f} / {deep_scores[:, K - 1].mean():.3f} / "
+            f"{deep_scores[:, -1].mean():.3f}")
     recalls = [1.0] + [recall_at_k(search_index(hnsw, recall_q, K, ef_search=ef)[0], truth)
                        for ef in EF_VALUES]
 
@@ -185,7 +231,7 @@ def run_size(size: int, args: argparse.Namespace) -> list[tuple[Any, ...]]:
     filtered = [Variant("Flat (exact), 10% allowed", make(flat, 0, allowed))] + [
         Variant(f"HNSW32 ef={ef}, 10% allowed", make(hnsw, ef, allowed)) for ef in EF_VALUES]
     n_filtered = min(len(single) - args.warmup, args.filtered_queries)
-    log(f"{size:,}: filtered single-query latency, {n_filtered} queries")
+    log(f"{label}: filtered single-query latency, {n_filtered} queries")
     with omp_threads(args.single_threads):
         interleaved_single(filtered, single[args.warmup: args.warmup + n_filtered],
                            min(args.warmup, 5))
@@ -199,27 +245,29 @@ def run_size(size: int, args: argparse.Namespace) -> list[tuple[Any, ...]]:
                                      (build_flat, build_hnsw, build_hnsw)):
         ms = np.asarray(v.single_ms)
         qps = args.batch / float(np.median(v.batch_s))
-        rows.append((size, v.name, build, np.percentile(ms, 50), np.percentile(ms, 99), qps, rec,
+        rows.append((label, v.name, build, np.percentile(ms, 50), np.percentile(ms, 99), qps, rec,
                      nbytes))
     for v, rec in zip(filtered, f_recalls):
         ms = np.asarray(v.single_ms)
-        rows.append((size, v.name, None, np.percentile(ms, 50), np.percentile(ms, 99), None, rec,
+        rows.append((label, v.name, None, np.percentile(ms, 50), np.percentile(ms, 99), None, rec,
                      None))
-    log(f"{size:,}: done")
-    return rows
+    log(f"{label}: done")
+    return rows, note
 
 
-def print_table(rows: list[tuple[Any, ...]], batch: int) -> None:
+def print_table(rows: list[tuple[Any, ...]], notes: list[str], batch: int) -> None:
     def fmt(value: float | None, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
-    print("\n| products | index | build s | p50 ms (1 query) | p99 ms (1 query) "
+    print("\n| catalogue | index | build s | p50 ms (1 query) | p99 ms (1 query) "
           f"| queries/s (batch {batch}) | Recall@10 vs Flat | index MB |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    for size, name, build, p50, p99, qps, rec, nbytes in rows:
-        print(f"| {size:,} | {name} | {fmt(build, '.1f')} | {p50:.2f} | {p99:.2f} "
+    for label, name, build, p50, p99, qps, rec, nbytes in rows:
+        print(f"| {label} | {name} | {fmt(build, '.1f')} | {p50:.2f} | {p99:.2f} "
               f"| {fmt(qps, ',.0f')} | {rec:.3f} "
               f"| {fmt(None if nbytes is None else nbytes / 2**20, ',.0f')} |", flush=True)
+    for note in notes:
+        print(note, flush=True)
 
 
 def main() -> None:
@@ -228,7 +276,14 @@ def main() -> None:
         epilog="Smoke run: --sizes 5000 --queries 50 --batch-repeats 1",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000",
-                        help="comma-separated catalogue sizes (default 100000,1000000)")
+                        help="comma-separated synthetic catalogue sizes (default "
+                             "100000,1000000; '' for none)")
+    parser.add_argument("--real-index", default=None,
+                        help="also benchmark the real vectors stored in this shopsearch index "
+                             "folder (built with a --model)")
+    parser.add_argument("--real-queries", default=None,
+                        help="with --real-index: a query TSV to encode with the index's encoder "
+                             "(default: perturbed catalogue vectors, as for synthetic data)")
     parser.add_argument("--queries", type=int, default=300,
                         help="single-query latency queries per variant (default 300)")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up queries per variant")
@@ -255,11 +310,24 @@ def main() -> None:
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        rows.extend(run_size(size, args))
-        # Print the table so far after every size, so a long run that dies still leaves one.
-        print_table(rows, args.batch)
+    rows: list[tuple[Any, ...]] = []
+    notes: list[str] = []
+    catalogues: list[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]]]] = []
+    if args.real_index:
+        catalogues.append(("real vectors", lambda: real_catalogue(args.real_index,
+                                                                  args.real_queries, args)))
+    for size in (int(s) for s in args.sizes.split(",") if s.strip()):
+        catalogues.append((f"{size:,}", lambda size=size: synthetic_catalogue(size, args)))
+    for label, load in catalogues:
+        vectors, queries = load()
+        if label == "real vectors":
+            label = f"{len(vectors):,} (real)"
+        got, note = run_catalogue(label, vectors, queries, args)
+        del vectors
+        rows.extend(got)
+        notes.append(note)
+        # Print the table so far after every catalogue, so a long run that dies leaves one.
+        print_table(rows, notes, args.batch)
 
     print(f"\nmachine: {describe_machine()}")
     print(f"faiss {faiss.__version__}, {args.threads} OpenMP threads for build and batch, "
