@@ -56,7 +56,7 @@ def keyword_encoder() -> KeywordEncoder:
     return KeywordEncoder()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def catalog_path() -> Path:
     return CATALOG
 

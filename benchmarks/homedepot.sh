@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Home Depot end to end: every number in the README's quality table comes from this script.
+#   bash benchmarks/homedepot.sh [WORKDIR]     (about an hour on 2 CPU cores)
+# Stages: BM25, zero-shot dense, hybrid; fine-tuned dense (train queries), hybrid with fusion
+# tuned on train queries; reranker fine-tuned on train judgements; all evaluated on dev.
+# Environment knobs: MODEL (bi-encoder, default minilm), RERANKER_BASE (default minilm),
+# DATA (default ../shared/data/homedepot), RERANK_QUERIES / RETRIEVER_QUERIES (train
+# queries used, to bound CPU time).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+work="${1:-hd-work}"
+data="${DATA:-$here/../../shared/data/homedepot}"
+model="${MODEL:-minilm}"
+reranker_base="${RERANKER_BASE:-minilm}"
+mkdir -p "$work"
+export HF_HUB_OFFLINE=1
+run() { echo "+ $*" >&2; /usr/bin/time -f "  (%e s, %M KB peak)" "$@"; }
+
+# 1. Index the full catalogue (54,667 titles) with BM25 + the zero-shot bi-encoder.
+run search-cli build-index --catalog "$data/products.jsonl" --index "$work/index" --model "$model"
+run search-cli benchmark --index "$work/index" --dataset "$data" --split dev \
+    --stages bm25,dense,hybrid --out "$work/report-zero-shot"
+
+# 2. Fine-tune the two towers on train judgements (grade >= 1 positives, BM25 hard
+#    negatives), rebuild the index's dense part, tune fusion on 1,000 train queries.
+run search-cli train-retriever --index "$work/index" --dataset "$data" --split train \
+    --limit "${RETRIEVER_QUERIES:-100000}" --out "$work/retriever" --epochs 1
+run search-cli tune-fusion --index "$work/index" --dataset "$data" --split train --limit 1000
+
+# 3. Fine-tune the reranker on train judgements (label = grade / 2, BM25 negatives).
+run search-cli train-reranker --index "$work/index" --dataset "$data" --split train \
+    --limit "${RERANK_QUERIES:-3000}" --base-model "$reranker_base" --out "$work/reranker" \
+    --epochs 1 --max-length 64
+
+# 4. Every stage on dev, with the fine-tuned models.
+run search-cli benchmark --index "$work/index" --dataset "$data" --split dev \
+    --stages bm25,dense,hybrid,rerank --out "$work/report-fine-tuned"
