@@ -59,8 +59,10 @@ class SentenceTransformerEncoder:
 
     def describe(self) -> dict[str, Any]:
         """What the index manifest records about the encoder."""
-        pooling = next((m.get_pooling_mode_str() for m in self._model
-                        if hasattr(m, "get_pooling_mode_str")), "unknown")
+        pooling = next((str(getattr(m, "pooling_mode", None) or m.get_pooling_mode_str())
+                        for m in self._model
+                        if hasattr(m, "pooling_mode") or hasattr(m, "get_pooling_mode_str")),
+                       "unknown")
         return {**self.identity, "dim": self.dim, "pooling": pooling, "normalized": True,
                 "max_length": self.max_length, "query_prompt": self.query_prompt,
                 "document_prompt": self.document_prompt}
