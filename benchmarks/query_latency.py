@@ -94,48 +94,61 @@ def main() -> None:
     parser.add_argument("--reranker", default=None,
                         help="cross-encoder folder (default: the one stored in the index, if any)")
     parser.add_argument("--no-rerank", action="store_true", help="skip the reranked variant")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--faiss-threads", type=int, default=None,
-                        help="FAISS OpenMP threads (default: FAISS's own, i.e. all cores); 1 "
-                             "avoids waiting on a busy second core for a single query")
+    parser.add_argument("--threads", default="2",
+                        help="torch and FAISS threads per search; a comma list (e.g. 1,2) "
+                             "times every variant at each count, switched before each call "
+                             "(default 2). On a busy machine a second thread can cost more "
+                             "than it gains: each parallel region waits for a free core")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import faiss
     import torch
 
-    torch.set_num_threads(args.threads)
-    if args.faiss_threads is not None:
-        faiss.omp_set_num_threads(args.faiss_threads)
+    thread_counts = [int(x) for x in args.threads.split(",")]
+    torch.set_num_threads(thread_counts[0])
+    faiss.omp_set_num_threads(thread_counts[0])
     queries = read_queries(args.queries)
     if len(queries) < args.n + args.warmup:
         parser.error(f"{args.queries} has {len(queries)} queries; need --n + --warmup")
     warm, timed = queries[: args.warmup], queries[args.warmup: args.warmup + args.n]
 
     log(f"opening {args.index}")
-    variants = open_variants(args)
-    for name, _ in variants:
+    engines = open_variants(args)
+    # (name, engine, threads): with several thread counts every engine is timed at each.
+    variants = [(name if len(thread_counts) == 1 else f"{name} [{n} thr]", engine, n)
+                for n in thread_counts for name, engine in engines]
+    for name, _, _ in variants:
         log(f"variant: {name}")
+
+    def run(engine: Any, query: str, threads: int) -> Any:
+        if len(thread_counts) > 1:
+            torch.set_num_threads(threads)
+            faiss.omp_set_num_threads(threads)
+        return engine.search(query, k=args.k)
+
     for query in warm:
-        for _, engine in variants:
-            engine.search(query, k=args.k)
+        for _, engine, n in variants:
+            run(engine, query, n)
     log(f"timing {len(timed)} queries x {len(variants)} variants")
-    timings: dict[str, list[dict[str, float]]] = {name: [] for name, _ in variants}
-    wall: dict[str, list[float]] = {name: [] for name, _ in variants}
+    timings: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in variants}
+    wall: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     for i, query in enumerate(timed):
         for j in range(len(variants)):
-            name, engine = variants[(i + j) % len(variants)]
+            name, engine, n = variants[(i + j) % len(variants)]
             t0 = time.perf_counter()
-            result = engine.search(query, k=args.k)
+            result = run(engine, query, n)
             wall[name].append((time.perf_counter() - t0) * 1000)
             timings[name].append(dict(result.timings_ms))
+        if (i + 1) % 50 == 0:
+            log(f"{i + 1} / {len(timed)} queries")
 
     rows = []
-    for name, _ in variants:
+    for name, _, _ in variants:
         rows.extend(percentile_rows(name, timings[name]))
         rows.extend(percentile_rows(name, [{"wall (search() call)": w} for w in wall[name]]))
 
-    base_engine = variants[0][1]
+    base_engine = engines[0][1]
     manifest = base_engine.index.manifest
     encoder = (manifest.encoder or {}).get("name") if manifest.encoder else None
     faiss_factory = (manifest.faiss or {}).get("factory") if manifest.faiss else None
@@ -144,14 +157,14 @@ def main() -> None:
     for name, stage, n, p50, p95, p99, mean in rows:
         print(f"| {name} | {stage} | {n} | {p50:.2f} | {p95:.2f} | {p99:.2f} | {mean:.2f} |")
     print(f"\nmachine: {describe_machine()}")
-    reranker_name = next((getattr(e.reranker, "name", "?") for _, e in variants
+    reranker_name = next((getattr(e.reranker, "name", "?") for _, e in engines
                           if e.reranker is not None), None)
     print(f"index {args.index}: {len(base_engine.index.products):,} products, encoder "
           f"{encoder or 'none'}, FAISS {faiss_factory or 'none'}, reranker "
           f"{reranker_name or 'none'}; {len(timed)} queries from {args.queries.name} one at a "
           f"time, k={args.k}, depth {base_engine.depth}, rerank_top {base_engine.rerank_top}; "
-          f"variants interleaved after {len(warm)} warm-up queries; torch {args.threads} "
-          f"threads, FAISS {faiss.omp_get_max_threads()} threads")
+          f"variants interleaved after {len(warm)} warm-up queries; torch and FAISS threads "
+          f"{args.threads}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Pairs are real: Home Depot dev queries, each with the 50 product titles that sho
 BM25 ranks highest over the full 54,667-product catalogue (padded with random titles when a
 query matches fewer), i.e. the batch one query's rerank stage scores (engine rerank_top 50).
 Every 50-pair rerank is one ``CrossEncoder.predict`` call with batch_size 50, as in the engine.
-The variants (precision x max_length) are interleaved query by query after a warm-up, and
+The variants (precision x max_length x ``--threads``) are interleaved query by query after a warm-up, and
 medians are reported.
 
 Fidelity of int8: the max absolute difference of logits vs fp32 (with the fp32 logit spread
@@ -156,26 +156,37 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def bench_model(name: str, path: str, warm: list[tuple[str, list[str]]],
                 pairs: list[tuple[str, list[str]]], args: argparse.Namespace
                 ) -> list[tuple[Any, ...]]:
+    """Rows ``(model, precision, max_length, threads, ...)``, one per variant."""
+    import torch
     from transformers import AutoTokenizer
 
     log(f"{name}: loading and quantising")
     fp32, int8 = load_pair(path, args.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    variants = [(prec, model, length) for length in args.max_lengths
+    variants = [(prec, model, length, n) for n in args.threads for length in args.max_lengths
                 for prec, model in (("fp32", fp32), ("int8", int8))]
+
+    def run(model: Any, query: str, titles: list[str], length: int, threads: int
+            ) -> np.ndarray:
+        if len(args.threads) > 1:
+            torch.set_num_threads(threads)
+        return predict(model, query, titles, length)
+
     for query, titles in warm:
-        for _, model, length in variants:
-            predict(model, query, titles, length)
-    timings: dict[tuple[str, int], list[float]] = {(p, l): [] for p, _, l in variants}
-    logits: dict[tuple[str, int], list[np.ndarray]] = {(p, l): [] for p, _, l in variants}
+        for _, model, length, n in variants:
+            run(model, query, titles, length, n)
+    timings: dict[tuple[str, int, int], list[float]] = {(p, l, n): [] for p, _, l, n in variants}
+    logits: dict[tuple[str, int, int], list[np.ndarray]] = {k: [] for k in timings}
     log(f"{name}: timing {len(pairs)} queries x {len(variants)} variants")
     for i, (query, titles) in enumerate(pairs):
         for j in range(len(variants)):
-            prec, model, length = variants[(i + j) % len(variants)]
+            prec, model, length, n = variants[(i + j) % len(variants)]
             t0 = time.perf_counter()
-            out = predict(model, query, titles, length)
-            timings[(prec, length)].append((time.perf_counter() - t0) * 1000)
-            logits[(prec, length)].append(out)
+            out = run(model, query, titles, length, n)
+            timings[(prec, length, n)].append((time.perf_counter() - t0) * 1000)
+            logits[(prec, length, n)].append(out)
+        if (i + 1) % 25 == 0:
+            log(f"{name}: {i + 1} / {len(pairs)} queries")
 
     rows = []
     for length in args.max_lengths:
@@ -183,18 +194,21 @@ def bench_model(name: str, path: str, warm: list[tuple[str, list[str]]],
         enc = tokenizer([q for q, ts in pairs for _ in ts], [t for _, ts in pairs for t in ts],
                         truncation=True, max_length=length)
         n_tokens = np.asarray([len(ids) for ids in enc["input_ids"]])
-        ref = logits[("fp32", length)]
-        for prec in ("fp32", "int8"):
-            ms = np.asarray(timings[(prec, length)])
-            got = logits[(prec, length)]
-            diff = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref))
-            rhos = np.asarray([spearman(g, r) for g, r in zip(got, ref)])
-            spread = float(np.std(np.concatenate(ref)))
-            rows.append((name, prec, length, float(np.mean(n_tokens)),
-                         float(np.mean(n_tokens >= length)), PAIRS_PER_QUERY / np.median(ms) * 1000,
-                         float(np.median(ms)), float(np.percentile(ms, 95)), diff, spread,
-                         float(np.median(rhos)), float(np.min(rhos)),
-                         None if prec == "fp32" or not len(cosines) else float(cosines.min())))
+        ref = logits[("fp32", length, args.threads[0])]
+        spread = float(np.std(np.concatenate(ref)))
+        for n in args.threads:
+            for prec in ("fp32", "int8"):
+                ms = np.asarray(timings[(prec, length, n)])
+                got = logits[(prec, length, n)]
+                diff = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref))
+                rhos = np.asarray([spearman(g, r) for g, r in zip(got, ref)])
+                rows.append((name, prec, length, n, float(np.mean(n_tokens)),
+                             float(np.mean(n_tokens >= length)),
+                             PAIRS_PER_QUERY / np.median(ms) * 1000, float(np.median(ms)),
+                             float(np.percentile(ms, 95)), diff, spread,
+                             float(np.median(rhos)), float(np.min(rhos)),
+                             None if prec == "fp32" or not len(cosines)
+                             else float(cosines.min())))
     return rows
 
 
@@ -218,15 +232,18 @@ def main() -> None:
                         help="comma-separated tokenizer max_length values (default 128,64)")
     parser.add_argument("--fidelity-queries", type=int, default=20,
                         help="queries for the (untimed) head-input cosine check (default 20)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--threads", default="2",
+                        help="torch.set_num_threads; a comma list (e.g. 1,2) times every "
+                             "variant at each count, switched before each call (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.max_lengths = [int(x) for x in args.max_lengths.split(",")]
+    args.threads = [int(x) for x in args.threads.split(",")]
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     log("building BM25 candidates")
     pairs = candidate_pairs(read_queries(args.queries), read_titles(args.products),
                             args.queries_n + args.warmup, args.seed)
@@ -237,21 +254,22 @@ def main() -> None:
     for name, path in models:
         rows.extend(bench_model(name, path, warm, timed, args))
 
-    print(f"\n| model | precision | max_length | mean tokens/pair | truncated | pairs/s "
+    print(f"\n| model | precision | max_length | threads | mean tokens/pair | truncated | pairs/s "
           f"| ms per {PAIRS_PER_QUERY}-pair rerank (p50 / p95) | max abs Δlogit vs fp32 "
           "(fp32 logit std) | Spearman vs fp32 per query (median / min) "
           "| min cosine of head inputs vs fp32 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (name, prec, length, tokens, trunc, pps, p50, p95, diff, spread, rho_med,
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, prec, length, threads, tokens, trunc, pps, p50, p95, diff, spread, rho_med,
          rho_min, cos_min) in rows:
-        print(f"| {name} | {prec} | {length} | {tokens:.1f} | {trunc:.1%} | {pps:,.0f} "
+        print(f"| {name} | {prec} | {length} | {threads} | {tokens:.1f} | {trunc:.1%} | {pps:,.0f} "
               f"| {p50:.1f} / {p95:.1f} | {diff:.4f} ({spread:.4f}) | {rho_med:.4f} / "
               f"{rho_min:.4f} | {'–' if cos_min is None else format(cos_min, '.4f')} |")
     print(f"\nmachine: {describe_machine()}")
-    print(f"torch {torch.__version__}, {args.threads} threads; {len(timed)} Home Depot dev "
+    print(f"torch {torch.__version__}; {len(timed)} Home Depot dev "
           f"queries x {PAIRS_PER_QUERY} BM25 top titles, one predict() per query "
           f"(batch_size {PAIRS_PER_QUERY}); variants interleaved after {len(warm)} warm-up "
-          "reranks; int8 = quantize_dynamic(nn.Linear, qint8)")
+          "reranks; int8 = quantize_dynamic(nn.Linear, qint8); Δlogit and Spearman against fp32 "
+          f"at the same max_length and {args.threads[0]} threads")
 
 
 if __name__ == "__main__":
