@@ -16,15 +16,16 @@ mkdir -p "$work"
 export HF_HUB_OFFLINE=1
 run() { echo "+ $*" >&2; /usr/bin/time -f "  (%e s, %M KB peak)" "$@"; }
 
-# 1. Index the full catalogue (54,667 titles) with BM25 + the zero-shot bi-encoder.
-run search-cli build-index --catalog "$data/products.jsonl" --index "$work/index" --model "$model"
+# 1. Index the full catalogue (54,667 titles) with BM25 + the zero-shot bi-encoder
+#    (kept if WORKDIR already holds one, so an interrupted run can resume).
+[ -f "$work/index/manifest.json" ] || run search-cli build-index --catalog "$data/products.jsonl" --index "$work/index" --model "$model"
 run search-cli benchmark --index "$work/index" --dataset "$data" --split dev \
     --stages bm25,dense,hybrid --out "$work/report-zero-shot"
 
 # 2. Fine-tune the two towers on train judgements (grade >= 1 positives, BM25 hard
 #    negatives), rebuild the index's dense part, tune fusion on 1,000 train queries.
 run search-cli train-retriever --index "$work/index" --dataset "$data" --split train \
-    --limit "${RETRIEVER_QUERIES:-100000}" --out "$work/retriever" --epochs 1
+    --limit "${RETRIEVER_QUERIES:-3000}" --out "$work/retriever" --epochs 1
 run search-cli tune-fusion --index "$work/index" --dataset "$data" --split train --limit 1000
 
 # 3. Fine-tune the reranker on train judgements (label = grade / 2, BM25 negatives).

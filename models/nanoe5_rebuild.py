@@ -44,13 +44,24 @@ components so that any Hugging Face loader reproduces it:
 3. Viterbi over the Unigram pieces; a character that no piece contains becomes one ``<unk>``
    each (score: lowest piece score - 10).
 
-Two Hugging Face behaviours would otherwise disagree with e5.c, and are neutralised:
+Hugging Face behaviours that would otherwise disagree with e5.c, and how they are neutralised:
 (a) the ``Precompiled`` normaliser looks up whole grapheme clusters shorter than 6 bytes by
 their shortest matching prefix, so a mapped character followed by a combining mark (e.g. a
-full-width letter + U+0301) would lose the mark; we insert U+0001 (mapped to nothing by the
-table) between all characters first, which makes every grapheme a single codepoint;
-(b) the Unigram model fuses runs of unknown characters into one ``<unk>``; a ``Split``
-pre-tokeniser isolates each character no piece contains, so each stays one ``<unk>``.
+full-width letter + U+0301) would lose the mark: a ``Replace`` first inserts U+0001 after every
+character, which makes every grapheme a single codepoint (Precompiled panics on an insertion
+before the first character, hence "after");
+(b) ``Precompiled`` cannot delete the first character of a text, so the 30 codepoints the table
+deletes (ASCII controls, U+0001 included) are deleted by a ``Replace`` instead;
+(c) the Unigram model fuses runs of unknown characters into one ``<unk>``: a ``Split``
+pre-tokeniser isolates each character that no piece contains (every character of a piece is
+also a one-character piece, so the split cannot change any other segmentation).
+
+Known differences that remain, all at the very start of a text and therefore never with the
+"query: " / "passage: " prefixes (only for bare texts, as a cross-encoder feeds them): an empty
+text gives no token (e5.c: one "▁"); a text starting with a control character loses its
+leading "▁"; and, anywhere, the literal strings ``<s>``, ``</s>``, ``<pad>``, ``<unk>`` and
+``<mask>`` are special tokens (as in every Hugging Face XLM-R tokenizer), where e5.c reads
+``<unk>`` as three pieces and puts a "▁" before a leading ``<s>``.
 
 e5.c embeds texts longer than 512 tokens with consecutive 510-token windows whose mean-pooled
 vectors are averaged (weighted by length); the rebuilt model truncates at 512 tokens like any
@@ -60,7 +71,6 @@ embed identically.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -487,7 +497,7 @@ def build_tokenizer(ckpt: E5Checkpoint):
                          "the tokenizer conversion needs revisiting for this file")
     # Removals go through Replace rather than Precompiled: Precompiled cannot delete the first
     # character of a string (its deletion is attached to a previous character that does not
-    # exist), so a leading zero-width space or BOM would survive.
+    # exist), so a leading control character would survive.
     removed = {cp: () for cp, out in ckpt.norm_table.items() if not out}
     mapped = {cp: out for cp, out in ckpt.norm_table.items() if out}
     tok.normalizer = normalizers.Sequence([
@@ -498,6 +508,11 @@ def build_tokenizer(ckpt: E5Checkpoint):
         normalizers.Replace(Regex(" {2,}"), " "),
     ])
     covered = {ord(ch) for piece in ckpt.pieces for ch in piece}
+    single = {ord(piece) for piece in ckpt.pieces if len(piece) == 1}
+    if covered != single:
+        # isolating uncovered characters is exact only if every covered one is also a piece
+        raise ModelError(f"{ckpt.path}: {len(covered - single)} characters occur only inside "
+                         "longer pieces; the tokenizer conversion needs revisiting for this file")
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         # "first": text after a special token written out literally ("a<s>b") gets no
         # leading metaspace, as in e5.c, which sees one string.
@@ -564,7 +579,8 @@ def _write_folder(ckpt: E5Checkpoint, out: Path) -> None:
 
     _write_json(out / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize",
          "type": "sentence_transformers.models.Normalize"},
     ])

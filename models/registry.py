@@ -14,7 +14,8 @@ Prompt convention: every bi-encoder returned by :func:`load_bi_encoder` has the 
 ``model.encode(texts, prompt_name="query")`` / ``prompt_name="document"``; for minilm both
 prompts are empty, for e5 they are ``"query: "`` and ``"passage: "``.
 
-The cache lives in :func:`cache_dir`; built-in rebuilt models go under ``cache_dir()/models/<name>``.
+The cache lives in :func:`cache_dir`; rebuilt built-in models go under
+``cache_dir()/models/<name>``.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def test_e5_small_is_built_on_first_use_into_the_cache(e5_folder: Path, model_ca
 def test_resolve_local_folder_reads_dim_and_prompts(e5_folder: Path) -> None:
     info = registry.resolve_model(str(e5_folder))
     assert info.path == str(e5_folder.resolve()) and info.ready
-    assert info.dim == 384 and info.query_prompt == "query: " and info.document_prompt == "passage: "
+    assert info.dim == 384
+    assert (info.query_prompt, info.document_prompt) == ("query: ", "passage: ")
     minilm = registry.resolve_model(registry.resolve_model("minilm").path)
     assert minilm.dim == 384 and minilm.query_prompt == "" and minilm.document_prompt == ""
 
