@@ -3,6 +3,8 @@ judged queries (TREC qrels), with run files anyone can re-score with trec_eval."
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -11,20 +13,36 @@ from shopsearch.cli.main import DEFAULT_INDEX, _echo_json, cli
 from shopsearch.errors import SearchError
 
 
-def _labelled_queries(dataset: str | None, split: str | None, queries: Path | None,
-                      qrels: Path | None, limit: int | None
-                      ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+@dataclass(frozen=True)
+class DataArgs:
+    """Where judged queries come from: --queries/--qrels, or --dataset/--split."""
+
+    queries: Path | None = None
+    qrels: Path | None = None
+    dataset: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    skip: int = 0
+
+    @property
+    def given(self) -> bool:
+        return bool(self.queries or self.qrels or self.dataset)
+
+
+def _labelled_queries(data: DataArgs) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     from shopsearch.benchmarks.formats import load_dataset, read_qrels, read_queries
 
-    if dataset:
-        labelled = load_dataset(dataset, split)
+    if data.dataset:
+        labelled = load_dataset(data.dataset, data.split)
         query_map, qrel_map = labelled.queries, labelled.qrels
-    elif queries and qrels:
-        query_map, qrel_map = read_queries(queries), read_qrels(qrels)
+    elif data.queries and data.qrels:
+        query_map, qrel_map = read_queries(data.queries), read_qrels(data.qrels)
     else:
         raise SearchError("give --queries and --qrels, or --dataset")
-    if limit:
-        judged = [q for q in query_map if q in qrel_map][:limit]
+    if data.limit or data.skip:
+        judged = [q for q in query_map if q in qrel_map][data.skip:]
+        if data.limit:
+            judged = judged[:data.limit]
         query_map = {q: query_map[q] for q in judged}
     return query_map, qrel_map
 
@@ -38,13 +56,21 @@ _DATA_OPTIONS = [
                  "ESCI, WANDS, Multi-CPR, Home Depot layouts) or 'homedepot'."),
     click.option("--split", default=None, help="Split of --dataset (e.g. dev, test)."),
     click.option("--limit", type=int, help="Only the first N judged queries (quick runs)."),
+    click.option("--skip", type=int, default=0,
+                 help="Leave out the first N judged queries (e.g. the ones trained on)."),
 ]
 
 
 def _data_options(func):
+    """Add the data options to a command, handed to it as one ``data: DataArgs``."""
+
+    @functools.wraps(func)
+    def wrapper(*args, queries, qrels, dataset, split, limit, skip, **kwargs):
+        return func(*args, data=DataArgs(queries, qrels, dataset, split, limit, skip), **kwargs)
+
     for option in reversed(_DATA_OPTIONS):
-        func = option(func)
-    return func
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @cli.command("benchmark")
@@ -62,8 +88,7 @@ def _data_options(func):
 @click.option("--latency-queries", default=200, show_default=True,
               help="Single-query calls timed per stage (0 skips latency).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of tables.")
-def benchmark_cmd(index_dir: Path, queries: Path | None, qrels: Path | None,
-                  dataset: str | None, split: str | None, limit: int | None, stages: str,
+def benchmark_cmd(index_dir: Path, data: DataArgs, stages: str,
                   depth: int, out_dir: Path, reranker: str | None, latency_queries: int,
                   as_json: bool) -> None:
     """Run each stage over judged queries; write TREC runs and a report.
@@ -86,7 +111,7 @@ def benchmark_cmd(index_dir: Path, queries: Path | None, qrels: Path | None,
     from shopsearch.engine import SearchEngine
     from shopsearch.index.store import folder_size
 
-    query_map, qrel_map = _labelled_queries(dataset, split, queries, qrels, limit)
+    query_map, qrel_map = _labelled_queries(data)
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
     engine = SearchEngine.open(index_dir, reranker=reranker, use_reranker="rerank" in wanted,
                                load_encoder=bool({"dense", "hybrid", "rerank"} & set(wanted)))
@@ -105,7 +130,7 @@ def benchmark_cmd(index_dir: Path, queries: Path | None, qrels: Path | None,
                                   "products": engine.index.manifest.products,
                                   "encoder": (engine.index.manifest.encoder or {}).get("name"),
                                   "reranker": getattr(engine.reranker, "name", None),
-                                  "data": dataset or f"{queries} + {qrels}"})
+                                  "data": data.dataset or f"{data.queries} + {data.qrels}"})
     paths = write_report(report, out_dir)
     if as_json:
         click.echo(paths["json"].read_text(encoding="utf-8"))
@@ -126,8 +151,7 @@ def benchmark_cmd(index_dir: Path, queries: Path | None, qrels: Path | None,
 @click.option("--write/--dry-run", default=True, show_default=True,
               help="Store the best setting in the index manifest.")
 @click.option("--json", "as_json", is_flag=True)
-def tune_fusion_cmd(index_dir: Path, queries: Path | None, qrels: Path | None,
-                    dataset: str | None, split: str | None, limit: int | None, metric: str,
+def tune_fusion_cmd(index_dir: Path, data: DataArgs, metric: str,
                     depth: int, write: bool, as_json: bool) -> None:
     """Grid-search the fusion (RRF k and weights; convex alpha and normalisation) on judged
     queries and store the best in the index manifest.
@@ -139,7 +163,7 @@ def tune_fusion_cmd(index_dir: Path, queries: Path | None, qrels: Path | None,
     from shopsearch.engine import SearchEngine
     from shopsearch.index.store import update_manifest
 
-    query_map, qrel_map = _labelled_queries(dataset, split, queries, qrels, limit)
+    query_map, qrel_map = _labelled_queries(data)
     engine = SearchEngine.open(index_dir, use_reranker=False)
     if engine.encoder is None:
         raise SearchError("this index has no dense part: there is nothing to fuse")

@@ -9,20 +9,20 @@ from typing import Any
 
 import click
 
-from shopsearch.cli.bench import _data_options, _labelled_queries
+from shopsearch.cli.bench import DataArgs, _data_options, _labelled_queries
 from shopsearch.cli.main import DEFAULT_INDEX, _echo_json, cli
 from shopsearch.errors import SearchError
 
 
-def _demo_or_given(queries, qrels, dataset, split, limit):
+def _demo_or_given(data: DataArgs) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """The demo queries and judgements when none are given, else the given ones."""
-    if not (queries or qrels or dataset):
+    if not data.given:
         from shopsearch.demo.catalog import generate_catalog
         from shopsearch.demo.queries import demo_qrels, demo_queries
 
         query_map = dict(demo_queries())
         return query_map, demo_qrels(generate_catalog())
-    return _labelled_queries(dataset, split, queries, qrels, limit)
+    return _labelled_queries(data)
 
 
 @cli.command("simulate-clicks")
@@ -40,7 +40,7 @@ def _demo_or_given(queries, qrels, dataset, split, limit):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_path", default="clicks.jsonl", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path))
-def simulate_clicks_cmd(index_dir: Path, queries, qrels, dataset, split, limit, stage: str,
+def simulate_clicks_cmd(index_dir: Path, data: DataArgs, stage: str,
                         sessions_per_query: int, depth: int, eta: float,
                         shuffled_fraction: float, seed: int, out_path: Path) -> None:
     """Simulate a click log from judgements and the engine's own ranking.
@@ -55,7 +55,7 @@ def simulate_clicks_cmd(index_dir: Path, queries, qrels, dataset, split, limit, 
     from shopsearch.training.clicks import write_click_log
     from shopsearch.training.pipeline import simulate_click_log
 
-    query_map, qrel_map = _demo_or_given(queries, qrels, dataset, split, limit)
+    query_map, qrel_map = _demo_or_given(data)
     engine = SearchEngine.open(index_dir, use_reranker=False, load_encoder=stage != "bm25")
     qids = [q for q in query_map if q in qrel_map]
     ranked = engine.stage(stage).search([query_map[q] for q in qids], depth)
@@ -142,8 +142,8 @@ def _train_options(func):
 @click.option("--install/--no-install", default=True, show_default=True,
               help="Copy the trained model into the index so `query` reranks with it.")
 @click.option("--json", "as_json", is_flag=True)
-def train_reranker_cmd(index_dir: Path, clicks: Path | None, queries, qrels, dataset, split,
-                       limit, base_model: str, out_dir: Path, position_weighting: bool,
+def train_reranker_cmd(index_dir: Path, clicks: Path | None, data: DataArgs, base_model: str,
+                       out_dir: Path, position_weighting: bool,
                        propensities: str | None, negatives_per_query: int, calibration: str,
                        epochs, batch_size, learning_rate, warmup_ratio, weight_decay, dropout,
                        max_length, seed, install: bool, as_json: bool) -> None:
@@ -183,7 +183,7 @@ def train_reranker_cmd(index_dir: Path, clicks: Path | None, queries, qrels, dat
             position_weighting=position_weighting, propensities=theta,
             negatives_per_query=negatives_per_query, calibration=calibration, seed=seed)
     else:
-        query_map, qrel_map = _demo_or_given(queries, qrels, dataset, split, limit)
+        query_map, qrel_map = _demo_or_given(data)
 
         def mine(texts: list[str]) -> list[list[str]]:
             return [[h.product_id for h in hits] for hits in engine.bm25_search(texts, 30)]
@@ -223,8 +223,8 @@ def train_reranker_cmd(index_dir: Path, clicks: Path | None, queries, qrels, dat
 @click.option("--rebuild/--no-rebuild", default=True, show_default=True,
               help="Re-encode the catalogue with the new model and rebuild the index.")
 @click.option("--json", "as_json", is_flag=True)
-def train_retriever_cmd(index_dir: Path, clicks: Path | None, queries, qrels, dataset, split,
-                        limit, base_model: str | None, out_dir: Path, epochs: int,
+def train_retriever_cmd(index_dir: Path, clicks: Path | None, data: DataArgs,
+                        base_model: str | None, out_dir: Path, epochs: int,
                         batch_size: int, learning_rate: float, hard_negatives: int,
                         max_length: int, seed: int, rebuild: bool, as_json: bool) -> None:
     """Fine-tune the two towers (DPR-style, shared weights) with in-batch and BM25-mined hard
@@ -246,7 +246,7 @@ def train_retriever_cmd(index_dir: Path, clicks: Path | None, queries, qrels, da
                 positives.setdefault(by_text[imp.query], {})[imp.product_id] = 1
         qrel_map = positives
     else:
-        query_map, qrel_map = _demo_or_given(queries, qrels, dataset, split, limit)
+        query_map, qrel_map = _demo_or_given(data)
     base = base_model or (engine.index.manifest.encoder or {}).get("name")
     if not base:
         raise SearchError("the index has no dense part; give --base-model")
