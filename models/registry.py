@@ -354,8 +354,8 @@ def _is_cross_encoder(folder: Path) -> bool:
     return any(str(a).endswith("ForSequenceClassification") for a in architectures)
 
 
-def load_cross_encoder(name_or_path: str, num_labels: int = 1, max_length: int = 256, *,
-                       device: str = "cpu"):
+def load_cross_encoder(name_or_path: str, num_labels: int = 1, max_length: int | None = 256, *,
+                       device: str | None = "cpu", dropout: float | None = None):
     """A ``sentence_transformers.CrossEncoder``.
 
     From a bi-encoder or base model (e.g. ``minilm``, ``e5-small``) a new, randomly initialised
@@ -369,6 +369,7 @@ def load_cross_encoder(name_or_path: str, num_labels: int = 1, max_length: int =
     if num_labels < 1:
         raise ModelError(f"num_labels must be at least 1, got {num_labels}")
     info = resolve_model(name_or_path)
+    config_kwargs = _dropout_overrides(info.path or info.name, dropout)
     if info.path is not None:
         folder = Path(info.path)
         if not info.ready:
@@ -384,17 +385,39 @@ def load_cross_encoder(name_or_path: str, num_labels: int = 1, max_length: int =
                                  f"not the {num_labels} asked for")
         try:
             model = CrossEncoder(str(folder), num_labels=None if existing else num_labels,
-                                 max_length=max_length, device=device, local_files_only=True)
+                                 max_length=max_length, device=device, local_files_only=True,
+                                 config_kwargs=config_kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"cannot load model folder '{folder}' as a cross-encoder: "
                              f"{exc}") from exc
     else:
         try:
             model = CrossEncoder(info.name, num_labels=num_labels, max_length=max_length,
-                                 device=device)
+                                 device=device, config_kwargs=config_kwargs)
         except Exception as exc:  # see load_bi_encoder
             raise _hub_error(info.name, exc) from exc
     return model
+
+
+# Names under which Hugging Face configs keep their dropout rates (BERT, RoBERTa, XLM-R,
+# DistilBERT, ELECTRA, DeBERTa...). Only the names a config already has are overridden.
+_DROPOUT_CONFIG_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                        "attention_dropout", "classifier_dropout")
+
+
+def _dropout_overrides(name_or_path: str, dropout: float | None) -> dict | None:
+    """Config overrides that set every dropout the model's config has to ``dropout``."""
+    if dropout is None:
+        return None
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path))
+    except OSError as exc:
+        raise ModelError(f"cannot load the config of {name_or_path}: {exc}") from exc
+    return {key: dropout for key in _DROPOUT_CONFIG_KEYS if hasattr(config, key)}
 
 
 # ----------------------------------------------------------------------------- identity

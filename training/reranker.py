@@ -34,19 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from shopsearch.errors import DataError, ModelError
+from shopsearch.errors import DataError
 
 logger = logging.getLogger(__name__)
-
-# Names under which Hugging Face configs keep their dropout rates (BERT, RoBERTa, XLM-R,
-# DistilBERT, ELECTRA, DeBERTa...). Only the names a config already has are overridden.
-_DROPOUT_CONFIG_KEYS = (
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "dropout",
-    "attention_dropout",
-    "classifier_dropout",
-)
 
 
 @dataclass
@@ -295,28 +285,12 @@ def _check_examples(examples: Sequence[PairExample], name: str) -> None:
 
 def load_cross_encoder(base_model: str | Path, *, max_length: int | None = None, dropout: float | None = None,
                        num_labels: int = 1, device: str | None = None) -> Any:
-    """Load a CrossEncoder from a path or hub id; a bi-encoder or plain BERT folder gets a new head.
+    """The registry's loader (a built-in name, folder or hub id; a bi-encoder or plain BERT folder
+    gets a new head), with this module's keyword order."""
+    from shopsearch.models.registry import load_cross_encoder as registry_load
 
-    Raises ModelError when the model cannot be found (the project runs offline: pass a folder).
-    """
-    from sentence_transformers import CrossEncoder
-
-    config_kwargs: dict[str, Any] | None = None
-    if dropout is not None:
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        from transformers import AutoConfig
-
-        try:
-            hf_config = AutoConfig.from_pretrained(str(base_model))
-        except OSError as exc:
-            raise ModelError(f"cannot load model config from {base_model!s}: {exc}") from exc
-        config_kwargs = {key: dropout for key in _DROPOUT_CONFIG_KEYS if hasattr(hf_config, key)}
-    try:
-        return CrossEncoder(str(base_model), num_labels=num_labels, max_length=max_length, device=device,
-                            config_kwargs=config_kwargs)
-    except OSError as exc:
-        raise ModelError(f"cannot load cross-encoder {base_model!s} (offline? pass a local folder): {exc}") from exc
+    return registry_load(str(base_model), num_labels=num_labels, max_length=max_length,
+                         device=device, dropout=dropout)
 
 
 def _pair_logits(model: Any, pairs: Sequence[tuple[str, str]]) -> Any:
