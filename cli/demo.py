@@ -35,7 +35,7 @@ def _show(engine, query: str, k: int = 5) -> None:
 @click.option("--model", default="e5-small", show_default=True, help="Bi-encoder.")
 @click.option("--reranker-base", default="e5-small", show_default=True,
               help="Model the reranker is fine-tuned from.")
-@click.option("--epochs", default=3, show_default=True, help="Reranker training epochs.")
+@click.option("--epochs", default=2, show_default=True, help="Reranker training epochs.")
 def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int) -> None:
     """Build, learn and measure on the synthetic demo catalogue (a few minutes on 2 cores).
 
