@@ -94,7 +94,7 @@ def calibrate(model_dir: Path, dev: Sequence[PairExample], test: Sequence[PairEx
 def click_pairs(impressions: Sequence[Impression], product_text: Mapping[str, str],
                 propensities: np.ndarray | None, *, clip: float = 10.0) -> list[PairExample]:
     """One pair per (query, product) shown: target = debiased click rate (IPW with
-    ``propensities``; the naive click rate when None), weight = impressions of the pair."""
+    ``propensities``; the naive click rate when None), weight 1."""
     from shopsearch.training.propensity import ipw_pair_labels
 
     depth = max((i.position for i in impressions), default=1)
@@ -105,7 +105,9 @@ def click_pairs(impressions: Sequence[Impression], product_text: Mapping[str, st
         raise DataError(f"{len(missing)} clicked/shown product ids are not in the catalogue "
                         f"(e.g. {missing[:3]}); was the log made on another catalogue?",
                         field="product_id")
-    return [PairExample(q, product_text[pid], target, weight) for q, pid, target, weight in rows]
+    # Every pair weighs 1: its impressions already shaped the target, and weighting by
+    # impression count would let a few head queries drown the sampled negatives.
+    return [PairExample(q, product_text[pid], target, 1.0) for q, pid, target, _ in rows]
 
 
 def sampled_negatives(queries: Sequence[str], product_ids: Sequence[str],

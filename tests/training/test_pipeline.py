@@ -28,7 +28,7 @@ def test_click_pairs_naive_and_position_weighted():
            imp("q", "b", 2, False)]
     text = {"a": "A", "b": "B"}
     naive = {p.text: (p.label, p.weight) for p in click_pairs(log, text, None)}
-    assert naive == {"A": (0.5, 2.0), "B": (0.5, 2.0)}
+    assert naive == {"A": (0.5, 1.0), "B": (0.5, 1.0)}
     # Rank 2 is examined half as often, so its clicks count double: target 1.0 (clipped).
     ipw = {p.text: p.label for p in click_pairs(log, text, np.array([1.0, 0.5]))}
     assert ipw == {"A": 0.5, "B": 1.0}
