@@ -33,6 +33,7 @@ from shopsearch.training.reranker import (
     check_out_dir,
     library_versions,
     make_optimizer,
+    optimizer_step,
     save_into_place,
     seed_everything,
     write_training_json,
@@ -169,11 +170,7 @@ def pretrain_mlm(base_model: str | Path, texts: list[str], out_dir: Path, *, epo
             if not bool((batch["labels"] != -100).any()):
                 continue  # nothing masked in this (tiny) batch: no loss to learn from
             loss = model(**batch).loss  # mean cross-entropy over the masked positions
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, loss, optimizer, scheduler)
             losses.append(float(loss.detach()))
         epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
         logger.info("MLM epoch %d: train loss %.4f", epoch, epoch_losses[-1])

@@ -112,7 +112,6 @@ def weighted_bce_with_logits(logits: Any, labels: Any, weights: Any) -> Any:
     Returns a scalar tensor ``sum(w * bce) / sum(w)``; 0 (still attached to the graph, with
     zero gradients) when every weight is 0.
     """
-    import torch
     import torch.nn.functional as F
 
     per_example = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")  # (B,)
@@ -201,6 +200,17 @@ def make_optimizer(model: Any, learning_rate: float, weight_decay: float, total_
     warmup_steps = int(math.ceil(warmup_ratio * total_steps))
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
     return optimizer, scheduler
+
+
+def optimizer_step(model: Any, loss: Any, optimizer: Any, scheduler: Any) -> None:
+    """One update: backward, gradient norm clipped at 1, AdamW step, schedule step."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
 
 
 def snapshot_state(model: Any) -> dict[str, Any]:
@@ -393,11 +403,7 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
             labels = torch.tensor([ex.label for ex in batch], dtype=logits.dtype, device=logits.device)  # (B,)
             weights = torch.tensor([ex.weight for ex in batch], dtype=logits.dtype, device=logits.device)  # (B,)
             loss = weighted_bce_with_logits(logits, labels, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, loss, optimizer, scheduler)
             batch_weight = float(weights.sum())
             loss_sum += float(loss.detach()) * batch_weight
             weight_sum += batch_weight

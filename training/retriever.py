@@ -37,6 +37,7 @@ from shopsearch.training.reranker import (
     check_out_dir,
     library_versions,
     make_optimizer,
+    optimizer_step,
     save_into_place,
     seed_everything,
     snapshot_state,
@@ -325,11 +326,7 @@ def train_bi_encoder(base_model: str | Path, train: Sequence[BiEncoderExample],
         for batch in tqdm(plan, desc=f"epoch {epoch}", disable=not progress, leave=False):
             features = _batch_features(model, [train_rows[i] for i in batch], prompts)
             loss = loss_fn(features, None)  # scalar: mean InfoNCE over the batch's queries
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, loss, optimizer, scheduler)
             losses.append(float(loss.detach()))
         entry = evaluate(epoch, float(np.mean(losses)))
         history.append(entry)
