@@ -77,3 +77,45 @@ def test_help_teaches(runner):
     assert "search-cli build-index" in result.output and "夏季连衣裙" in result.output
     result = runner.invoke(cli, ["query", "--help"])
     assert "--explain" in result.output and "Examples" in result.output
+
+
+def test_benchmark_and_tune_fusion_smoke(runner, tmp_path, catalog_path, keyword_encoder):
+    from shopsearch.index.catalog import read_catalog
+    from shopsearch.index.store import build_index
+
+    queries = tmp_path / "q.tsv"
+    queries.write_text("q1\t夏季连衣裙\nq2\tking poster bed\nq3\tno match here\n", encoding="utf-8")
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 p01 2\nq1 0 p02 2\nq1 0 p03 1\nq2 0 p05 2\nq2 0 p06 1\nq3 0 p10 0\n")
+    index = tmp_path / "idx"
+    runner.invoke(cli, ["build-index", "--catalog", str(catalog_path), "--index", str(index),
+                        "--no-dense"])
+    out = tmp_path / "report"
+    result = runner.invoke(cli, ["benchmark", "--index", str(index), "--queries", str(queries),
+                                 "--qrels", str(qrels), "--stages", "bm25,dense",
+                                 "--depth", "10", "--latency-queries", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "skipping stage dense" in result.stderr
+    assert (out / "bm25.run").read_text().startswith("q1 Q0 p01 1 ")
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"][0]["name"] == "bm25"
+    assert (out / "report.png").stat().st_size > 0 and (out / "report.md").exists()
+    # tune-fusion needs a dense part: on a BM25-only index it says so in one line.
+    result = runner.invoke(cli, ["tune-fusion", "--index", str(index), "--queries", str(queries),
+                                 "--qrels", str(qrels)])
+    assert result.exit_code == 2 and "no dense part" in result.stderr
+    # With a dense part (fake encoder), tuning writes the best setting into the manifest.
+    build_index(read_catalog(catalog_path), index, encoder=keyword_encoder)
+    from shopsearch.engine import SearchEngine
+    from shopsearch.index.store import load_index
+    from shopsearch.benchmarks.formats import read_qrels, read_queries
+    from shopsearch.benchmarks.tuning import tune_fusion
+
+    engine = SearchEngine(load_index(index), encoder=keyword_encoder)
+    q = read_queries(queries)
+    judged = {k: v for k, v in read_qrels(qrels).items() if k != "q3"}
+    texts = [q[k] for k in judged]
+    result = tune_fusion(dict(zip(judged, engine.bm25_search(texts, 10))),
+                         dict(zip(judged, engine.dense_search(texts, 10))), judged,
+                         current=engine.fusion, k=10)
+    assert result.best_score >= result.current_score
