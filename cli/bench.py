@@ -123,10 +123,11 @@ def benchmark_cmd(index_dir: Path, data: DataArgs, stages: str,
             click.echo(f"note: skipping stage {stage}: {exc}", err=True)
     if not retrievers:
         raise SearchError("none of the requested stages can run on this index")
+    index_bytes = folder_size(Path(index_dir))
     report = run_benchmark(retrievers, query_map, qrel_map, depth=depth, out_dir=out_dir,
                            latency_queries=latency_queries, progress=not as_json,
                            extra={"index": str(index_dir),
-                                  "index_bytes": folder_size(Path(index_dir)),
+                                  "index_bytes": index_bytes,
                                   "products": engine.index.manifest.products,
                                   "encoder": (engine.index.manifest.encoder or {}).get("name"),
                                   "reranker": getattr(engine.reranker, "name", None),
@@ -136,7 +137,7 @@ def benchmark_cmd(index_dir: Path, data: DataArgs, stages: str,
         click.echo(paths["json"].read_text(encoding="utf-8"))
         return
     click.echo(report.to_markdown())
-    click.echo(f"\nindex: {human_bytes(folder_size(Path(index_dir)))}; reports: "
+    click.echo(f"\nindex: {human_bytes(index_bytes)}; reports: "
                f"{paths['markdown']}, {paths['json']}, {paths['png']}")
 
 

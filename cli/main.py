@@ -170,6 +170,7 @@ def query_cmd(text: str, k: int, index_dir: Path, category: str | None,
     from shopsearch.engine import Filters, SearchEngine
 
     if not text.strip():
+        # Checked before opening the index so that a typo costs no model load.
         raise SearchError("the query is empty; type some words to search for")
     filters = Filters(category=category, min_price=min_price, max_price=max_price)
     engine = SearchEngine.open(index_dir, reranker=reranker, use_reranker=not no_rerank,
