@@ -1,4 +1,4 @@
-"""Choosing the fusion setting from judged queries, by grid search over fused runs.
+"""Choosing the fusion setting, and the reranker's blend, from judged queries by grid search.
 
 Both retrievers run once per query; every candidate setting then only re-fuses the cached
 lists, so a 50-point grid costs seconds, not 50 retrieval passes. Tune on queries you do not
@@ -8,11 +8,16 @@ report on (e.g. a slice of the training queries) or the reported number is optim
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
 
 from shopsearch.benchmarks.metrics import evaluate, hits_to_run
 from shopsearch.retrieval.fusion import FusionConfig, fuse
 from shopsearch.retrieval.types import Hit
+
+if TYPE_CHECKING:
+    from shopsearch.rerank.blend import BlendConfig
 
 RRF_KS = (5.0, 10.0, 20.0, 40.0, 60.0, 100.0)
 DENSE_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -56,3 +61,58 @@ def tune_fusion(sparse: Mapping[str, list[Hit]], dense: Mapping[str, list[Hit]],
     return TuningResult(metric=metric, best=best, best_score=best_score, current=current,
                         current_score=score_fusion(current, sparse, dense, qrels, metric, k),
                         table=table)
+
+
+# --------------------------------------------------------------------------------------------
+# Reranker blend: how much of the final order the click logit decides, and how deep it reaches
+
+BLEND_WEIGHTS = tuple(round(w * 0.1, 1) for w in range(11))
+RERANK_TOPS = (10, 20, 30, 50)
+
+
+@dataclass
+class BlendTuningResult:
+    metric: str
+    best: "BlendConfig"
+    best_score: float
+    fused_score: float
+    table: list[tuple["BlendConfig", float]] = field(default_factory=list)
+
+
+def blended_run(fused: Mapping[str, list[Hit]], logits: Mapping[str, Sequence[float]],
+                config: "BlendConfig") -> dict[str, list[Hit]]:
+    """Each query's fused list with its top ``config.top`` reordered by the blended key and the
+    rest below, as the engine does. ``logits[qid]`` covers at least that many hits."""
+    from shopsearch.rerank.blend import blend_scores
+    from shopsearch.retrieval.types import sort_hits
+
+    run = {}
+    for qid, hits in fused.items():
+        head, tail = hits[:config.top], hits[config.top:]
+        keys = blend_scores(np.asarray(logits[qid][:len(head)]),
+                            np.array([h.score for h in head]), config.weight)
+        reordered = sort_hits([Hit(h.product_id, float(k), h.scores) for h, k in zip(head, keys)])
+        floor = min([0.0] + [h.score for h in reordered])
+        run[qid] = reordered + [Hit(h.product_id, floor - i - 1.0, h.scores)
+                                for i, h in enumerate(tail)]
+    return run
+
+
+def tune_blend(fused: Mapping[str, list[Hit]], logits: Mapping[str, Sequence[float]],
+               qrels: Mapping[str, Mapping[str, int]], *, metric: str = "nDCG@10",
+               weights: Sequence[float] = BLEND_WEIGHTS,
+               tops: Sequence[int] = RERANK_TOPS) -> BlendTuningResult:
+    """Score every (weight, top) on cached fused lists and reranker logits; the best wins, ties
+    going to the shallower, then the more reranker-weighted setting (cheaper, and the design
+    ranks by click probability). ``fused_score`` is the fused order without the reranker."""
+    from shopsearch.rerank.blend import BlendConfig
+
+    def score(run: Mapping[str, list[Hit]]) -> float:
+        return evaluate(qrels, hits_to_run(run), [metric])[1][metric]
+
+    table = [(config, score(blended_run(fused, logits, config)))
+             for config in (BlendConfig(weight=w, top=t) for t in sorted(tops)
+                            for w in sorted(weights, reverse=True))]
+    best, best_score = max(table, key=lambda row: row[1])
+    return BlendTuningResult(metric=metric, best=best, best_score=best_score,
+                             fused_score=score(fused), table=table)

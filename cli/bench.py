@@ -192,3 +192,107 @@ def tune_fusion_cmd(index_dir: Path, data: DataArgs, metric: str,
     click.echo(f"\n{metric} on {len(qids)} queries: {result.current_score:.4f} with the "
                f"current setting -> {result.best_score:.4f} with the best"
                + (f"; written to {index_dir}/manifest.json" if write else " (dry run)"))
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@cli.command("tune-rerank")
+@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True,
+              type=click.Path(path_type=Path))
+@_data_options
+@click.option("--metric", default="nDCG@10", show_default=True,
+              help="What to maximise (any measure `benchmark` reports).")
+@click.option("--weights", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", show_default=True,
+              help="Reranker weights to try (1 = click-probability order, 0 = fused order).")
+@click.option("--tops", default="10,20,30,50", show_default=True,
+              help="Rerank depths to try (fused candidates re-scored per query).")
+@click.option("--held-out", is_flag=True,
+              help="Only the queries the installed reranker held out of its training (its "
+                   "dev and test split, listed in its training.json).")
+@click.option("--write/--dry-run", default=True, show_default=True,
+              help="Store the best setting with the index's reranker in its manifest.")
+@click.option("--json", "as_json", is_flag=True)
+def tune_rerank_cmd(index_dir: Path, data: DataArgs, metric: str, weights: str, tops: str,
+                    held_out: bool, write: bool, as_json: bool) -> None:
+    """Tune how the installed reranker's click logits blend with the fused score, and how many
+    candidates it reranks, on judged queries; store the best in the index manifest.
+
+    \b
+    The final order is weight * z(click logit) + (1 - weight) * z(fused score) over the
+    reranked candidates; the click probability shown is the calibrated one either way. Each
+    query is scored by the cross-encoder once, so the whole grid costs one reranking pass.
+    Tune on queries you will not report on (e.g. training queries the reranker did not see),
+    then benchmark on dev.
+
+    \b
+    Example:
+      search-cli tune-rerank --index hd-index --dataset homedepot --split train --held-out
+    """
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from shopsearch.benchmarks.report import format_table
+    from shopsearch.benchmarks.tuning import tune_blend
+    from shopsearch.engine import SearchEngine
+    from shopsearch.index.store import update_manifest
+
+    weight_grid = _float_list(weights)
+    top_grid = [int(t) for t in _float_list(tops)]
+    if not weight_grid or not top_grid or not all(0 <= w <= 1 for w in weight_grid) \
+            or min(top_grid) < 1:
+        raise click.BadParameter("weights must lie in [0, 1] and tops be >= 1")
+    query_map, qrel_map = _labelled_queries(data)
+    engine = SearchEngine.open(index_dir, rerank_weight=1.0)
+    if engine.reranker is None or engine.index.manifest.reranker is None:
+        raise SearchError(f"{index_dir} has no installed reranker: train one with "
+                          "`search-cli train-reranker` first")
+    qids = [q for q in query_map if q in qrel_map]
+    if held_out:
+        import json
+
+        info_file = engine.index.reranker_path / "training.json"
+        info = json.loads(info_file.read_text("utf-8")) if info_file.is_file() else {}
+        if "held_out_queries" not in info:
+            raise SearchError(f"{info_file} lists no held-out queries (was the reranker trained "
+                              "by `search-cli train-reranker`?); drop --held-out and give "
+                              "queries it did not train on")
+        keep = set(info["held_out_queries"])
+        qids = [q for q in qids if q in keep or query_map[q] in keep]
+        if not qids:
+            raise SearchError("none of the given queries is among the reranker's held-out "
+                              "queries: give the data set it was trained on")
+    deepest = max(top_grid)
+    fused = dict(zip(qids, engine.hybrid_search([query_map[q] for q in qids],
+                                                max(100, deepest))))
+    logits = {}
+    for qid in tqdm(qids, desc="reranking", disable=as_json):
+        head = fused[qid][:deepest]
+        logits[qid] = engine.reranker.predict_logits(
+            query_map[qid], [engine.product_text(h.product_id) for h in head])
+    judged = {q: qrel_map[q] for q in qids}
+    result = tune_blend(fused, logits, judged, metric=metric, weights=weight_grid, tops=top_grid)
+    if write:
+        info = dict(engine.index.manifest.reranker)
+        info["blend"] = {**result.best.to_dict(), "metric": metric, "score": result.best_score,
+                         "fused_score": result.fused_score, "queries": len(qids)}
+        update_manifest(Path(index_dir), reranker=info)
+    summary = {"metric": metric, "queries": len(qids), "fused_score": result.fused_score,
+               "best": result.best.to_dict(), "best_score": result.best_score,
+               "pure_reranker": {str(c.top): s for c, s in result.table if c.weight == 1.0},
+               "written": write}
+    if as_json:
+        _echo_json(summary)
+        return
+    top = sorted(result.table, key=lambda row: -row[1])[:10]
+    click.echo(format_table([[c.weight, c.top, s] for c, s in top], ["weight", "top", metric]))
+    click.echo(f"\n{metric} on {len(qids)} queries: fused order {result.fused_score:.4f}; "
+               f"best blend {result.best_score:.4f} (weight {result.best.weight:g}, top "
+               f"{result.best.top})" + (f"; written to {index_dir}/manifest.json" if write
+                                        else " (dry run)"))
+    if result.best.weight == 0.0:
+        click.echo("the reranker does not improve on the fused order on these queries")

@@ -19,16 +19,36 @@ from shopsearch.retrieval.types import Hit, sort_hits
 logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
+DEFAULT_MAX_LENGTH = 128
+
+
+def trained_max_length(model_dir: Path) -> int | None:
+    """The pair length a model was fine-tuned with (its ``training.json``), if recorded.
+
+    Scoring must truncate pairs as training did: a model trained on the first 32 tokens
+    of (query, product text) has never seen the description that a longer cut would add.
+    """
+    info = model_dir / "training.json"
+    if not info.is_file():
+        return None
+    try:
+        value = json.loads(info.read_text("utf-8")).get("config", {}).get("max_length")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 class CrossEncoderReranker:
     """Implements the ``Reranker`` interface over a sentence-transformers ``CrossEncoder``."""
 
-    def __init__(self, model: str | Path, *, max_length: int = 128, batch_size: int = 32,
+    def __init__(self, model: str | Path, *, max_length: int | None = None, batch_size: int = 32,
                  device: str = "cpu") -> None:
         from shopsearch.models.registry import load_cross_encoder
 
         self.name = str(model)
+        if max_length is None:
+            max_length = trained_max_length(Path(model)) or DEFAULT_MAX_LENGTH
+        self.max_length = max_length
         self._model = load_cross_encoder(str(model), max_length=max_length)
         self._model.to(device)
         self.batch_size = batch_size
@@ -61,9 +81,12 @@ class CrossEncoderReranker:
         return 1.0 / (1.0 + np.exp(-logits))
 
     def rerank(self, query: str, hits: list[Hit], texts: Sequence[str]) -> list[Hit]:
-        """Re-score ``hits`` (with their product ``texts``) by click probability."""
+        """Re-score ``hits`` (with their product ``texts``) by click probability; each hit's
+        scores keep the raw ``click_logit`` too, for blending with the fused score."""
         if len(hits) != len(texts):
             raise ValueError(f"got {len(hits)} hits but {len(texts)} texts")
-        probs = self.probabilities(self.predict_logits(query, texts))
-        return sort_hits([Hit(h.product_id, float(p), {**h.scores, "click_probability": float(p)})
-                          for h, p in zip(hits, probs)])
+        logits = self.predict_logits(query, texts)
+        probs = self.probabilities(logits)
+        return sort_hits([Hit(h.product_id, float(p), {**h.scores, "click_probability": float(p),
+                                                       "click_logit": float(x)})
+                          for h, p, x in zip(hits, probs, logits)])

@@ -13,11 +13,12 @@ import numpy as np
 
 from shopsearch.errors import IndexLoadError, SearchError
 from shopsearch.index.store import SearchIndex, load_index
+from shopsearch.rerank.blend import BlendConfig, blend_scores
 from shopsearch.retrieval.base import Encoder, Reranker
 from shopsearch.retrieval.bm25 import backoff_terms
 from shopsearch.retrieval.dense import search_index
 from shopsearch.retrieval.fusion import FusionConfig, fuse
-from shopsearch.retrieval.types import Hit, Product
+from shopsearch.retrieval.types import Hit, Product, sort_hits
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +111,13 @@ class SearchEngine:
 
     def __init__(self, index: SearchIndex, *, encoder: Encoder | None = None,
                  reranker: Reranker | None = None, depth: int = DEFAULT_DEPTH,
-                 rerank_top: int = DEFAULT_RERANK_TOP, fusion: FusionConfig | None = None
-                 ) -> None:
+                 rerank_top: int = DEFAULT_RERANK_TOP, fusion: FusionConfig | None = None,
+                 rerank_weight: float = 1.0) -> None:
         if depth < 1 or rerank_top < 0:
             raise SearchError("depth must be >= 1 and rerank_top >= 0")
+        if not 0.0 <= rerank_weight <= 1.0:
+            raise SearchError("rerank_weight must be in [0, 1]")
+        self.rerank_weight = rerank_weight
         self.index = index
         self.encoder = encoder
         self.reranker = reranker
@@ -145,6 +149,12 @@ class SearchEngine:
                 from shopsearch.rerank.cross_encoder import CrossEncoderReranker
 
                 rerank_model = CrossEncoderReranker(source)
+            stored = (index.manifest.reranker or {}).get("blend")
+            if reranker is None and rerank_model is not None and stored:
+                # The installed reranker's tuned blend (``search-cli tune-rerank``).
+                blend = BlendConfig.from_dict(stored)
+                kwargs.setdefault("rerank_weight", blend.weight)
+                kwargs.setdefault("rerank_top", blend.top)
         return cls(index, encoder=encoder, reranker=rerank_model, **kwargs)
 
     # -- stages ---------------------------------------------------------------------------
@@ -183,17 +193,32 @@ class SearchEngine:
         return [fuse(s, d, self.fusion)[:k] for s, d in zip(sparse, dense)]
 
     def rerank_hits(self, query: str, hits: list[Hit]) -> list[Hit]:
+        """Rerank the top ``rerank_top`` hits; with ``rerank_weight`` < 1 their order blends
+        the click logit with the fused score (``rerank.blend``)."""
         if self.reranker is None or self.rerank_top == 0 or not hits:
             return hits
         head, tail = hits[:self.rerank_top], hits[self.rerank_top:]
-        texts = [self._texts[self._row(h.product_id)] for h in head]
+        texts = [self.product_text(h.product_id) for h in head]
+        reranked = self.reranker.rerank(query, head, texts)
+        if self.rerank_weight < 1.0:
+            fused = {h.product_id: h.score for h in head}
+            keys = blend_scores(np.array([h.scores.get("click_logit", h.score) for h in reranked]),
+                                np.array([fused[h.product_id] for h in reranked]),
+                                self.rerank_weight)
+            reranked = sort_hits([Hit(h.product_id, float(key), h.scores)
+                                  for h, key in zip(reranked, keys)])
         # Products below the rerank cut keep their fused order but score below every reranked
         # one, so that score order and rank order agree (run files are sorted by score).
-        tail = [Hit(h.product_id, -float(i + 1), h.scores) for i, h in enumerate(tail)]
-        return self.reranker.rerank(query, head, texts) + tail
+        floor = min(0.0, min(h.score for h in reranked))
+        tail = [Hit(h.product_id, floor - float(i + 1), h.scores) for i, h in enumerate(tail)]
+        return reranked + tail
 
     def _row(self, product_id: str) -> int:
         return self._row_of[product_id]
+
+    def product_text(self, product_id: str) -> str:
+        """The text the reranker reads for a product."""
+        return self._texts[self._row(product_id)]
 
     # -- the full pipeline ----------------------------------------------------------------
     def search(self, query: str, k: int = 10, filters: Filters | None = None,

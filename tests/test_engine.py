@@ -103,3 +103,28 @@ def test_stage_retrievers_answer_batches(engine):
         engine.stage("rerank")
     with pytest.raises(SearchError, match="unknown stage"):
         engine.stage("magic")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_blended_rerank_keeps_scores_and_ranks_in_step(built_index, keyword_encoder, weight):
+    from shopsearch.index.store import load_index
+
+    index = load_index(built_index)
+    plain = SearchEngine(index, encoder=keyword_encoder)
+    blended = SearchEngine(index, encoder=keyword_encoder, reranker=LengthReranker(),
+                           rerank_top=3, rerank_weight=weight)
+    fused = plain.hybrid_search(["bed"], 12)[0]
+    reranked = blended.rerank_hits("bed", fused)
+    scores = [h.score for h in reranked]
+    assert scores == sorted(scores, reverse=True)  # the tail scores below every reranked hit
+    assert [h.product_id for h in reranked[3:]] == [h.product_id for h in fused[3:]]
+    assert all("click_probability" in h.scores for h in reranked[:3])
+    if weight == 0.0:  # all weight on the fused score: the fused order survives reranking
+        assert [h.product_id for h in reranked] == [h.product_id for h in fused]
+
+
+def test_rerank_weight_is_checked(built_index):
+    from shopsearch.index.store import load_index
+
+    with pytest.raises(SearchError, match="rerank_weight"):
+        SearchEngine(load_index(built_index), rerank_weight=2.0)

@@ -119,3 +119,41 @@ def test_benchmark_and_tune_fusion_smoke(runner, tmp_path, catalog_path, keyword
                          dict(zip(judged, engine.dense_search(texts, 10))), judged,
                          current=engine.fusion, k=10)
     assert result.best_score >= result.current_score
+
+
+def test_tune_rerank_writes_the_blend_beside_the_installed_reranker(runner, tmp_path,
+                                                                      bm25_index):
+    import torch
+
+    from shopsearch.engine import SearchEngine
+    from shopsearch.index.store import install_reranker
+    from shopsearch.models.registry import load_cross_encoder
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    load_cross_encoder("minilm", max_length=32).save(str(tmp_path / "ce"))  # untrained head
+    queries = tmp_path / "q.tsv"
+    queries.write_text("q1\t夏季连衣裙\nq2\tking poster bed\n", encoding="utf-8")
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("q1 0 p01 2\nq1 0 p02 2\nq2 0 p05 2\nq2 0 p06 1\n")
+    args = ["tune-rerank", "--index", str(bm25_index), "--queries", str(queries),
+            "--qrels", str(qrels), "--weights", "0,1", "--tops", "2,5"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2 and "no installed reranker" in result.stderr
+    install_reranker(bm25_index, tmp_path / "ce")
+    result = runner.invoke(cli, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["best_score"] >= summary["fused_score"] and summary["written"]
+    blend = json.loads((bm25_index / "manifest.json").read_text())["reranker"]["blend"]
+    assert blend["weight"] in (0.0, 1.0) and blend["top"] in (2, 5) and blend["queries"] == 2
+    engine = SearchEngine.open(bm25_index)
+    assert (engine.rerank_weight, engine.rerank_top) == (blend["weight"], blend["top"])
+    # --held-out keeps only the queries the reranker's training held out.
+    result = runner.invoke(cli, args + ["--held-out"])
+    assert result.exit_code == 2 and "lists no held-out queries" in result.stderr
+    (bm25_index / "reranker" / "training.json").write_text('{"held_out_queries": ["q2"]}')
+    result = runner.invoke(cli, args + ["--held-out", "--json", "--dry-run"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["queries"] == 1
+    # An explicit --reranker is not the tuned one: it ranks by click probability alone.
+    assert SearchEngine.open(bm25_index, reranker=str(tmp_path / "ce")).rerank_weight == 1.0
