@@ -135,7 +135,11 @@ def _train_options(func):
 @click.option("--propensities", help="Comma-separated examination propensities by rank "
               "(default: estimated from the log by EM).")
 @click.option("--negatives-per-query", default=5, show_default=True,
-              help="Sampled (clicks) or BM25-mined (judgements) label-0 products per query.")
+              help="Sampled (clicks) or mined (judgements) label-0 products per query.")
+@click.option("--negatives-from", default="hybrid", show_default=True,
+              type=click.Choice(["hybrid", "bm25"]),
+              help="Judgements only: the index ranking unjudged negatives are mined from (2/3 "
+                   "from its top 30, 1/3 from ranks 31-100). Hybrid is what gets reranked.")
 @click.option("--calibration", default="platt", show_default=True,
               type=click.Choice(["platt", "temperature"]))
 @_train_options
@@ -144,7 +148,8 @@ def _train_options(func):
 @click.option("--json", "as_json", is_flag=True)
 def train_reranker_cmd(index_dir: Path, clicks: Path | None, data: DataArgs, base_model: str,
                        out_dir: Path, position_weighting: bool,
-                       propensities: str | None, negatives_per_query: int, calibration: str,
+                       propensities: str | None, negatives_per_query: int, negatives_from: str,
+                       calibration: str,
                        epochs, batch_size, learning_rate, warmup_ratio, weight_decay, dropout,
                        max_length, seed, install: bool, as_json: bool) -> None:
     """Fine-tune the cross-encoder that scores click probability, then calibrate it.
@@ -154,7 +159,7 @@ def train_reranker_cmd(index_dir: Path, clicks: Path | None, data: DataArgs, bas
     each weighted by 1/propensity of its rank (estimated by EM unless given), plus random
     negatives. Queries are split 80/10/10 (60/20/20 under 200 queries) into train, dev
     (early stopping, calibration fit) and test (reported calibration).
-    From judgements: label = grade/2, with BM25-mined negatives.
+    From judgements: label = grade/2, with negatives mined from the index's own ranking.
 
     \b
     Examples:
@@ -168,7 +173,8 @@ def train_reranker_cmd(index_dir: Path, clicks: Path | None, data: DataArgs, bas
     from shopsearch.models.registry import resolve_model
     from shopsearch.training import pipeline
 
-    engine = SearchEngine.open(index_dir, use_reranker=False, load_encoder=False)
+    engine = SearchEngine.open(index_dir, use_reranker=False,
+                               load_encoder=clicks is None and negatives_from == "hybrid")
     product_text = {p.id: p.text() for p in engine.index.products}
     config = _training_config(epochs, batch_size, learning_rate, warmup_ratio, weight_decay,
                               dropout, max_length, seed)
@@ -185,8 +191,11 @@ def train_reranker_cmd(index_dir: Path, clicks: Path | None, data: DataArgs, bas
     else:
         query_map, qrel_map = _demo_or_given(data)
 
+        # A BM25-only index has no hybrid ranking: BM25 is what its reranker reranks.
+        mine_stage = "hybrid" if negatives_from == "hybrid" and engine.encoder else "bm25"
+
         def mine(texts: list[str]) -> list[list[str]]:
-            return [[h.product_id for h in hits] for hits in engine.bm25_search(texts, 30)]
+            return [[h.product_id for h in hits] for hits in engine.stage(mine_stage).search(texts, 100)]
 
         result = pipeline.train_reranker_from_qrels(
             query_map, qrel_map, product_text, str(base), out_dir, mine_negatives=mine,

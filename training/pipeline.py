@@ -126,6 +126,27 @@ def sampled_negatives(queries: Sequence[str], product_ids: Sequence[str],
     return pairs
 
 
+def sample_ranked_negatives(ranked: Sequence[str], judged: Mapping[str, int], n: int,
+                            rng: random.Random, head: int = 30) -> list[str]:
+    """``n`` unjudged products from a ranking: two thirds drawn from its first ``head`` ranks,
+    the rest from below, topped up from either side when one runs short.
+
+    Why sampled, not the top ``n``: the very top unjudged products are often relevant but
+    unjudged (false negatives); sampling across the head keeps most negatives hard without
+    teaching the model that the best matches are wrong, and the deeper ones keep it honest on
+    the easier candidates it will also see.
+    """
+    unjudged = [p for p in ranked if p not in judged]
+    top, rest = unjudged[:head], unjudged[head:]
+    n_top = min(len(top), -(-2 * n // 3))
+    picked = rng.sample(top, n_top)
+    picked += rng.sample(rest, min(len(rest), n - n_top))
+    if len(picked) < n:
+        left = [p for p in top if p not in set(picked)]
+        picked += rng.sample(left, min(len(left), n - len(picked)))
+    return picked
+
+
 @dataclass
 class RerankerRecipeResult:
     model_dir: Path
@@ -148,7 +169,8 @@ def train_reranker_from_clicks(impressions: Sequence[Impression], product_text: 
                                position_weighting: bool = True,
                                propensities: np.ndarray | None = None,
                                negatives_per_query: int = 5, calibration: str = "platt",
-                               seed: int = 0, max_position: int = 10) -> RerankerRecipeResult:
+                               seed: int = 0, max_position: int | None = None
+                               ) -> RerankerRecipeResult:
     """Fine-tune a cross-encoder on a click log, with inverse-propensity weighting by position
     (propensities estimated by EM from the log unless given), then calibrate it."""
     from shopsearch.training.propensity import estimate_propensities_em
@@ -157,7 +179,10 @@ def train_reranker_from_clicks(impressions: Sequence[Impression], product_text: 
         raise DataError("the click log is empty")
     train_q, dev_q, test_q = split_queries([i.query for i in impressions], seed=seed)
     if position_weighting and propensities is None:
-        propensities = estimate_propensities_em(impressions, max_position=max_position)
+        # Default: every rank the log shows, at most 10 (deeper ranks are rarely examined
+        # often enough to estimate).
+        deepest = max_position or min(10, max(i.position for i in impressions))
+        propensities = estimate_propensities_em(impressions, max_position=deepest)
         logger.info("estimated propensities: %s", np.round(propensities, 3).tolist())
     theta = propensities if position_weighting else None
 
@@ -174,7 +199,8 @@ def train_reranker_from_clicks(impressions: Sequence[Impression], product_text: 
     report = calibrate(out_dir, dev, test, method=calibration, max_length=config.max_length)
     _record_recipe(out_dir, {"trained_on": "click log", "position_weighting": position_weighting,
                              "propensities": None if theta is None else [float(x) for x in theta],
-                             "base_model": base_model})
+                             "base_model": base_model,
+                             "held_out_queries": sorted(dev_q | test_q)})
     return RerankerRecipeResult(out_dir, None if theta is None else [float(x) for x in theta],
                                 len(train), result.history, result.best_epoch, report,
                                 {"train": len(train_q), "dev": len(dev_q), "test": len(test_q)})
@@ -187,16 +213,18 @@ def train_reranker_from_qrels(queries: Mapping[str, str], qrels: Mapping[str, Ma
                               config: RerankerTrainingConfig = RerankerTrainingConfig(),
                               calibration: str = "platt", seed: int = 0, max_grade: int = 2
                               ) -> RerankerRecipeResult:
-    """Fine-tune on graded judgements (label = grade / max_grade); ``mine_negatives`` (e.g. BM25)
-    returns ranked product ids per query text, and unjudged ones among them become label-0
-    pairs — hard negatives the model must learn to push down."""
+    """Fine-tune on graded judgements (label = grade / max_grade); ``mine_negatives`` (ideally
+    the ranking the reranker will rerank, e.g. hybrid) returns ranked product ids per query
+    text, and unjudged ones among them become label-0 pairs — hard negatives the model must
+    learn to push down (see :func:`sample_ranked_negatives` for which)."""
     judged = [q for q in qrels if q in queries]
     train_q, dev_q, test_q = split_queries(judged, seed=seed)
     negatives: dict[str, list[str]] = {}
     if mine_negatives is not None and negatives_per_query > 0:
         ordered = sorted(judged)
+        rng = random.Random(seed)
         for qid, ranked in zip(ordered, mine_negatives([queries[q] for q in ordered])):
-            negatives[qid] = [p for p in ranked if p not in qrels[qid]][:negatives_per_query]
+            negatives[qid] = sample_ranked_negatives(ranked, qrels[qid], negatives_per_query, rng)
 
     def pairs_for(ids: set[str]) -> list[PairExample]:
         subset = {q: qrels[q] for q in sorted(ids)}
@@ -206,14 +234,17 @@ def train_reranker_from_qrels(queries: Mapping[str, str], qrels: Mapping[str, Ma
     train, dev, test = pairs_for(train_q), pairs_for(dev_q), pairs_for(test_q)
     result = train_cross_encoder(base_model, train, dev, out_dir, config, overwrite=True)
     report = calibrate(out_dir, dev, test, method=calibration, max_length=config.max_length)
-    _record_recipe(out_dir, {"trained_on": "graded judgements", "base_model": base_model})
+    _record_recipe(out_dir, {"trained_on": "graded judgements", "base_model": base_model,
+                             "held_out_queries": sorted(dev_q | test_q)})
     return RerankerRecipeResult(out_dir, None, len(train), result.history, result.best_epoch,
                                 report, {"train": len(train_q), "dev": len(dev_q),
                                          "test": len(test_q)})
 
 
 def _record_recipe(out_dir: Path, info: dict[str, Any]) -> None:
-    """Merge what the recipe knows into the model folder's training.json."""
+    """Merge what the recipe knows into the model folder's training.json. ``held_out_queries``
+    (dev and test ids, or texts for a click log) lets ``tune-rerank --held-out`` tune on
+    queries the model never trained on."""
     path = Path(out_dir) / "training.json"
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data.update(info)

@@ -55,3 +55,19 @@ def test_simulated_log_mixes_shown_and_shuffled_sessions():
     # In shuffled sessions p3 appears at more than one rank; in the others always at rank 4.
     assert {i.position for i in shuffled if i.product_id == "p3"} != {4}
     assert {i.position for i in log if i.product_id == "p3" and i not in shuffled} == {4}
+
+
+def test_ranked_negatives_skip_judged_and_mix_head_and_tail():
+    import random
+
+    from shopsearch.training.pipeline import sample_ranked_negatives
+
+    ranked = [f"p{i}" for i in range(100)]
+    judged = {"p0": 2, "p3": 0, "p40": 1}
+    picked = sample_ranked_negatives(ranked, judged, 6, random.Random(0), head=30)
+    assert len(picked) == len(set(picked)) == 6 and not set(picked) & set(judged)
+    head = [p for p in picked if int(p[1:]) < 32]  # the head's 30 unjudged reach rank 31
+    assert len(head) == 4
+    assert picked == sample_ranked_negatives(ranked, judged, 6, random.Random(0), head=30)
+    # A short ranking: whatever unjudged products exist, no more.
+    assert sorted(sample_ranked_negatives(["a", "b", "c"], {"b": 2}, 5, random.Random(0))) == ["a", "c"]
