@@ -149,3 +149,25 @@ def test_writers_round_trip_through_ir_measures(catalog, qrels, tmp_path):
     for q in ir_measures.read_trec_qrels(str(path)):
         read.setdefault(q.query_id, {})[q.doc_id] = q.relevance
     assert read == {k: v for k, v in qrels.items() if v}
+
+
+def test_training_queries_are_judged_by_facets_and_disjoint_from_demo_queries(catalog):
+    from shopsearch.demo.queries import training_queries
+
+    queries, qrels = training_queries(catalog, n_queries=200, seed=3)
+    assert len(queries) == 200 and set(qrels) == set(queries)
+    assert not set(queries.values()) & {text for _, text in demo_queries()}
+    assert any(has_cjk(t) for t in queries.values()) and any(not has_cjk(t) for t in queries.values())
+    facets = {p.id: product_facets(p) for p in catalog}
+    for qid, judged in qrels.items():
+        _, _, type_key, facet1, facet2 = qid.split(":")
+        (a1, v1), (a2, v2) = facet1.split("="), facet2.split("=")
+        assert judged and {facets[pid]["type"] for pid in judged} == {type_key}
+        assert 2 in judged.values()
+        for pid, f in facets.items():
+            want = (f["type"] == type_key) * ((f.get(a1) == v1) + (f.get(a2) == v2))
+            assert judged.get(pid, 0) == want
+    # No (type, attribute, value) a demo query asks for is trained on.
+    assert not [q for q in queries if ":dress:" in q and ("season=summer" in q or "material=silk" in q)
+                or ":bed:" in q and "style=poster" in q]
+    assert training_queries(catalog, n_queries=200, seed=3) == (queries, qrels)
