@@ -8,7 +8,8 @@ report on (e.g. a slice of the training queries) or the reported number is optim
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -116,3 +117,36 @@ def tune_blend(fused: Mapping[str, list[Hit]], logits: Mapping[str, Sequence[flo
     best, best_score = max(table, key=lambda row: row[1])
     return BlendTuningResult(metric=metric, best=best, best_score=best_score,
                              fused_score=score(fused), table=table)
+
+
+def tune_engine_blend(engine: Any, queries: Mapping[str, str],
+                      qrels: Mapping[str, Mapping[str, int]], *, metric: str = "nDCG@10",
+                      weights: Sequence[float] = BLEND_WEIGHTS,
+                      tops: Sequence[int] = RERANK_TOPS,
+                      progress: bool = False) -> BlendTuningResult:
+    """:func:`tune_blend` for an engine's reranker: each query (``{query_id: text}``, all
+    judged) gets its hybrid list and one cross-encoder pass over its deepest candidates."""
+    from tqdm.auto import tqdm
+
+    if engine.reranker is None:
+        raise ValueError("the engine has no reranker to tune")
+    qids = list(queries)
+    deepest = max(tops)
+    fused = dict(zip(qids, engine.hybrid_search([queries[q] for q in qids], max(100, deepest))))
+    logits = {q: engine.reranker.predict_logits(
+                  queries[q], [engine.product_text(h.product_id) for h in fused[q][:deepest]])
+              for q in tqdm(qids, desc="reranking", disable=not progress)}
+    return tune_blend(fused, logits, {q: qrels[q] for q in qids}, metric=metric,
+                      weights=weights, tops=tops)
+
+
+def store_blend(index_dir: Path, result: BlendTuningResult, queries: int) -> None:
+    """Record the best blend with the index's installed reranker (``manifest.reranker.blend``);
+    installing another reranker replaces the record, so a blend never outlives its model."""
+    from shopsearch.index.manifest import Manifest
+    from shopsearch.index.store import update_manifest
+
+    info = dict(Manifest.read(Path(index_dir)).reranker or {})
+    info["blend"] = {**result.best.to_dict(), "metric": result.metric, "score": result.best_score,
+                     "fused_score": result.fused_score, "queries": queries}
+    update_manifest(Path(index_dir), reranker=info)

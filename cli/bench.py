@@ -233,13 +233,9 @@ def tune_rerank_cmd(index_dir: Path, data: DataArgs, metric: str, weights: str, 
     Example:
       search-cli tune-rerank --index hd-index --dataset homedepot --split train --held-out
     """
-    import numpy as np
-    from tqdm.auto import tqdm
-
     from shopsearch.benchmarks.report import format_table
-    from shopsearch.benchmarks.tuning import tune_blend
+    from shopsearch.benchmarks.tuning import store_blend, tune_engine_blend
     from shopsearch.engine import SearchEngine
-    from shopsearch.index.store import update_manifest
 
     weight_grid = _float_list(weights)
     top_grid = [int(t) for t in _float_list(tops)]
@@ -266,21 +262,10 @@ def tune_rerank_cmd(index_dir: Path, data: DataArgs, metric: str, weights: str, 
         if not qids:
             raise SearchError("none of the given queries is among the reranker's held-out "
                               "queries: give the data set it was trained on")
-    deepest = max(top_grid)
-    fused = dict(zip(qids, engine.hybrid_search([query_map[q] for q in qids],
-                                                max(100, deepest))))
-    logits = {}
-    for qid in tqdm(qids, desc="reranking", disable=as_json):
-        head = fused[qid][:deepest]
-        logits[qid] = engine.reranker.predict_logits(
-            query_map[qid], [engine.product_text(h.product_id) for h in head])
-    judged = {q: qrel_map[q] for q in qids}
-    result = tune_blend(fused, logits, judged, metric=metric, weights=weight_grid, tops=top_grid)
+    result = tune_engine_blend(engine, {q: query_map[q] for q in qids}, qrel_map, metric=metric,
+                               weights=weight_grid, tops=top_grid, progress=not as_json)
     if write:
-        info = dict(engine.index.manifest.reranker)
-        info["blend"] = {**result.best.to_dict(), "metric": metric, "score": result.best_score,
-                         "fused_score": result.fused_score, "queries": len(qids)}
-        update_manifest(Path(index_dir), reranker=info)
+        store_blend(Path(index_dir), result, len(qids))
     summary = {"metric": metric, "queries": len(qids), "fused_score": result.fused_score,
                "best": result.best.to_dict(), "best_score": result.best_score,
                "pure_reranker": {str(c.top): s for c, s in result.table if c.weight == 1.0},

@@ -58,7 +58,7 @@ def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int,
     from shopsearch.demo.catalog import DEMO_NOTICE, generate_catalog
     from shopsearch.demo.queries import demo_qrels, demo_queries, training_queries
     from shopsearch.engine import SearchEngine
-    from shopsearch.index.store import build_index, install_reranker, load_index
+    from shopsearch.index.store import build_index, install_reranker
     from shopsearch.models.registry import resolve_model
     from shopsearch.retrieval.encoders import SentenceTransformerEncoder
     from shopsearch.training.clicks import write_click_log
@@ -111,24 +111,18 @@ def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int,
     install_reranker(index_dir, reranker_dir)
     # How much the final order trusts the click logit over the fused score: tuned on the
     # training queries the reranker did not train on (its dev and test split).
-    from shopsearch.benchmarks.tuning import tune_blend
+    import json
+
+    from shopsearch.benchmarks.tuning import store_blend, tune_engine_blend
     from shopsearch.rerank.cross_encoder import CrossEncoderReranker
-    from shopsearch.training.pipeline import split_queries
 
-    _, dev_texts, test_texts = split_queries([i.query for i in log], seed=0)
-    held = [q for q in train_ids if train_queries[q] in dev_texts | test_texts]
-    reranker = CrossEncoderReranker(index_dir / "reranker")
-    fused = dict(zip(held, engine.hybrid_search([train_queries[q] for q in held], 50)))
-    logits = {q: reranker.predict_logits(train_queries[q], [engine.product_text(h.product_id)
-                                                             for h in fused[q][:30]])
-              for q in held}
-    blend = tune_blend(fused, logits, {q: train_qrels[q] for q in held}, tops=(10, 20, 30))
-    from shopsearch.index.store import update_manifest
-
-    info = dict(load_index(index_dir).manifest.reranker or {})
-    info["blend"] = {**blend.best.to_dict(), "metric": blend.metric, "score": blend.best_score,
-                     "fused_score": blend.fused_score, "queries": len(held)}
-    update_manifest(index_dir, reranker=info)
+    recorded = json.loads((reranker_dir / "training.json").read_text(encoding="utf-8"))
+    held_texts = set(recorded["held_out_queries"])
+    held = [q for q in train_ids if train_queries[q] in held_texts]
+    engine.reranker = CrossEncoderReranker(index_dir / "reranker")
+    blend = tune_engine_blend(engine, {q: train_queries[q] for q in held}, train_qrels,
+                              tops=(10, 20, 30))
+    store_blend(index_dir, blend, len(held))
     click.echo(f"blend tuned on {len(held)} held-out training queries: nDCG@10 fused "
                f"{blend.fused_score:.3f} -> {blend.best_score:.3f} with weight "
                f"{blend.best.weight:g} on the click logit, top {blend.best.top}; installed "
