@@ -195,7 +195,8 @@ def train_reranker_cmd(index_dir: Path, clicks: Path | None, data: DataArgs, bas
         mine_stage = "hybrid" if negatives_from == "hybrid" and engine.encoder else "bm25"
 
         def mine(texts: list[str]) -> list[list[str]]:
-            return [[h.product_id for h in hits] for hits in engine.stage(mine_stage).search(texts, 100)]
+            ranked = engine.stage(mine_stage).search(texts, 100)
+            return [[h.product_id for h in hits] for hits in ranked]
 
         result = pipeline.train_reranker_from_qrels(
             query_map, qrel_map, product_text, str(base), out_dir, mine_negatives=mine,
