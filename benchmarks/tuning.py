@@ -84,18 +84,17 @@ def blended_run(fused: Mapping[str, list[Hit]], logits: Mapping[str, Sequence[fl
                 config: "BlendConfig") -> dict[str, list[Hit]]:
     """Each query's fused list with its top ``config.top`` reordered by the blended key and the
     rest below, as the engine does. ``logits[qid]`` covers at least that many hits."""
-    from shopsearch.rerank.blend import blend_scores
-    from shopsearch.retrieval.types import sort_hits
+    from shopsearch.rerank.blend import append_below, blend_order
 
     run = {}
     for qid, hits in fused.items():
         head, tail = hits[:config.top], hits[config.top:]
-        keys = blend_scores(np.asarray(logits[qid][:len(head)]),
-                            np.array([h.score for h in head]), config.weight)
-        reordered = sort_hits([Hit(h.product_id, float(k), h.scores) for h, k in zip(head, keys)])
-        floor = min([0.0] + [h.score for h in reordered])
-        run[qid] = reordered + [Hit(h.product_id, floor - i - 1.0, h.scores)
-                                for i, h in enumerate(tail)]
+        click = np.asarray(logits[qid][:len(head)], dtype=np.float64)
+        # At weight 1 the order is the logit's (the engine shows the calibrated probability,
+        # a monotone map of it, which orders the same).
+        ranked = blend_order([Hit(h.product_id, float(x), h.scores) for h, x in zip(head, click)],
+                             click, np.array([h.score for h in head]), config.weight)
+        run[qid] = append_below(ranked, tail)
     return run
 
 

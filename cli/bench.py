@@ -243,7 +243,7 @@ def tune_rerank_cmd(index_dir: Path, data: DataArgs, metric: str, weights: str, 
             or min(top_grid) < 1:
         raise click.BadParameter("weights must lie in [0, 1] and tops be >= 1")
     query_map, qrel_map = _labelled_queries(data)
-    engine = SearchEngine.open(index_dir, rerank_weight=1.0)
+    engine = SearchEngine.open(index_dir)
     if engine.reranker is None or engine.index.manifest.reranker is None:
         raise SearchError(f"{index_dir} has no installed reranker: train one with "
                           "`search-cli train-reranker` first")

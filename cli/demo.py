@@ -58,7 +58,7 @@ def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int,
     from shopsearch.demo.catalog import DEMO_NOTICE, generate_catalog
     from shopsearch.demo.queries import demo_qrels, demo_queries, training_queries
     from shopsearch.engine import SearchEngine
-    from shopsearch.index.store import build_index, install_reranker
+    from shopsearch.index.store import RERANKER_DIR, build_index, install_reranker
     from shopsearch.models.registry import resolve_model
     from shopsearch.retrieval.encoders import SentenceTransformerEncoder
     from shopsearch.training.clicks import write_click_log
@@ -119,7 +119,7 @@ def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int,
     recorded = json.loads((reranker_dir / "training.json").read_text(encoding="utf-8"))
     held_texts = set(recorded["held_out_queries"])
     held = [q for q in train_ids if train_queries[q] in held_texts]
-    engine.reranker = CrossEncoderReranker(index_dir / "reranker")
+    engine.reranker = CrossEncoderReranker(index_dir / RERANKER_DIR)
     blend = tune_engine_blend(engine, {q: train_queries[q] for q in held}, train_qrels,
                               tops=(10, 20, 30))
     store_blend(index_dir, blend, len(held))

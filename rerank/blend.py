@@ -20,6 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from shopsearch.retrieval.types import Hit, sort_hits
+
 
 @dataclass(frozen=True)
 class BlendConfig:
@@ -61,3 +63,21 @@ def blend_scores(click_logits: np.ndarray, fused_scores: np.ndarray, weight: flo
     if weight >= 1.0:
         return click_logits.copy()
     return weight * standardise(click_logits) + (1.0 - weight) * standardise(fused_scores)
+
+
+def blend_order(hits: list[Hit], click_logits: np.ndarray, fused_scores: np.ndarray,
+                weight: float) -> list[Hit]:
+    """Reranked candidates in final order. ``hits`` (any order) carry their own score, the
+    click probability; ``click_logits`` and ``fused_scores`` are aligned with them. Weight 1
+    keeps those scores; below 1 each hit's score becomes its blended key."""
+    if weight >= 1.0:
+        return sort_hits(hits)
+    keys = blend_scores(click_logits, fused_scores, weight)
+    return sort_hits([Hit(h.product_id, float(key), h.scores) for h, key in zip(hits, keys)])
+
+
+def append_below(ranked: list[Hit], tail: list[Hit]) -> list[Hit]:
+    """``tail`` after ``ranked``, in its own order, every score below all of ``ranked``'s, so
+    that score order and rank order agree (run files are sorted by score)."""
+    floor = min([0.0] + [h.score for h in ranked])
+    return ranked + [Hit(h.product_id, floor - float(i + 1), h.scores) for i, h in enumerate(tail)]

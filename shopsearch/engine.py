@@ -13,12 +13,12 @@ import numpy as np
 
 from shopsearch.errors import IndexLoadError, SearchError
 from shopsearch.index.store import SearchIndex, load_index
-from shopsearch.rerank.blend import BlendConfig, blend_scores
+from shopsearch.rerank.blend import BlendConfig, append_below, blend_order
 from shopsearch.retrieval.base import Encoder, Reranker
 from shopsearch.retrieval.bm25 import backoff_terms
 from shopsearch.retrieval.dense import search_index
 from shopsearch.retrieval.fusion import FusionConfig, fuse
-from shopsearch.retrieval.types import Hit, Product, sort_hits
+from shopsearch.retrieval.types import Hit, Product
 
 logger = logging.getLogger(__name__)
 
@@ -200,18 +200,13 @@ class SearchEngine:
         head, tail = hits[:self.rerank_top], hits[self.rerank_top:]
         texts = [self.product_text(h.product_id) for h in head]
         reranked = self.reranker.rerank(query, head, texts)
-        if self.rerank_weight < 1.0:
-            fused = {h.product_id: h.score for h in head}
-            keys = blend_scores(np.array([h.scores.get("click_logit", h.score) for h in reranked]),
-                                np.array([fused[h.product_id] for h in reranked]),
-                                self.rerank_weight)
-            reranked = sort_hits([Hit(h.product_id, float(key), h.scores)
-                                  for h, key in zip(reranked, keys)])
-        # Products below the rerank cut keep their fused order but score below every reranked
-        # one, so that score order and rank order agree (run files are sorted by score).
-        floor = min(0.0, min(h.score for h in reranked))
-        tail = [Hit(h.product_id, floor - float(i + 1), h.scores) for i, h in enumerate(tail)]
-        return reranked + tail
+        fused = {h.product_id: h.score for h in head}
+        reranked = blend_order(reranked,
+                               np.array([h.scores.get("click_logit", h.score) for h in reranked]),
+                               np.array([fused[h.product_id] for h in reranked]),
+                               self.rerank_weight)
+        # Products below the rerank cut keep their fused order but score below every reranked one.
+        return append_below(reranked, tail)
 
     def _row(self, product_id: str) -> int:
         return self._row_of[product_id]
