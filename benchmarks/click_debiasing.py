@@ -39,7 +39,7 @@ def main() -> None:
 
     import torch
 
-    from shopsearch.benchmarks.formats import load_homedepot
+    from shopsearch.benchmarks.datasets import load_homedepot
     from shopsearch.benchmarks.metrics import evaluate
     from shopsearch.benchmarks.significance import paired_test
     from shopsearch.models.registry import resolve_model

@@ -32,6 +32,7 @@ import numpy as np
 
 from shopsearch.benchmarks.machine import describe_machine
 from shopsearch.benchmarks.report import format_table
+from shopsearch.benchmarks.trec import read_queries
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -51,19 +52,6 @@ def read_titles(path: Path, n: int) -> list[str]:
                 if len(titles) == n:
                     break
     return titles
-
-
-def read_queries(path: Path, n: int) -> list[str]:
-    """The first ``n`` queries of a ``query_id<TAB>query`` file."""
-    queries = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            parts = line.rstrip("\n").split("\t", 1)
-            if len(parts) == 2 and parts[1].strip():
-                queries.append(parts[1].strip())
-                if len(queries) == n:
-                    break
-    return queries
 
 
 class TorchE5:
@@ -117,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     titles = read_titles(args.products, args.titles)
-    queries = read_queries(args.queries_file, args.queries + args.warmup)
+    queries = list(read_queries(args.queries_file).values())[:args.queries + args.warmup]
     warm, queries = queries[:args.warmup], queries[args.warmup:]
     log(f"{len(titles)} titles from {args.products}, {len(queries)} queries from "
         f"{args.queries_file}")

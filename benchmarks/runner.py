@@ -244,11 +244,11 @@ def run_benchmark(stages: Mapping[str, Retriever], queries: Mapping[str, str],
 
     With ``write=True`` the report files are written too (needs matplotlib).
     """
-    from shopsearch.benchmarks.formats import write_qrels, write_queries, write_run
     from shopsearch.benchmarks.metrics import (DEFAULT_MEASURES, count_tied_queries,
                                                evaluable_qrels, evaluate, measure_name,
                                                parse_measure, recall_curve)
     from shopsearch.benchmarks.significance import paired_test
+    from shopsearch.benchmarks.trec import write_qrels, write_queries, write_run
 
     if not stages:
         raise ValueError("no stages to benchmark")

@@ -69,7 +69,7 @@ def encode(model, texts: list[str], prompt_name: str, what: str, batch_size: int
 
 def load_homedepot(folder: Path, limit_products: int | None, limit_queries: int | None):
     """Products, queries and qrels; limits keep every product judged for the kept queries."""
-    from shopsearch.benchmarks.formats import load_homedepot as load
+    from shopsearch.benchmarks.datasets import load_homedepot as load
 
     data = load(folder, "dev")
     queries = dict(list(data.queries.items())[:limit_queries] if limit_queries

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from shopsearch.benchmarks.formats import read_qrels, read_run, write_qrels, write_run
 from shopsearch.benchmarks.metrics import (
     DEFAULT_MEASURES,
     count_tied_queries,
@@ -31,6 +30,7 @@ from shopsearch.benchmarks.metrics import (
     recall_curve,
     trec_order,
 )
+from shopsearch.benchmarks.trec import read_qrels, read_run, write_qrels, write_run
 from shopsearch.retrieval.types import Hit
 
 FIXTURES = Path(__file__).parent / "fixtures"

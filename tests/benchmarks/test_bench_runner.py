@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from shopsearch.benchmarks.formats import read_qrels, read_queries, read_run
 from shopsearch.benchmarks.metrics import evaluate
 from shopsearch.benchmarks.report import format_table, render_markdown, write_report
 from shopsearch.benchmarks.runner import BenchmarkReport, run_benchmark
+from shopsearch.benchmarks.trec import read_qrels, read_queries, read_run
 from shopsearch.retrieval.types import Hit, sort_hits
 
 

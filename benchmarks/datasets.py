@@ -1,342 +1,43 @@
-"""Readers and writers for benchmark data: queries, TREC qrels, TREC runs, labelled data sets.
+"""Labelled benchmark data sets: loaders for BEIR, Amazon ESCI, Wayfair WANDS, Multi-CPR and the
+project's own layout (used for Home Depot), each returning a :class:`LabelledSet` of products,
+queries and graded judgements; plus finding a data set folder and detecting its layout.
 
-Conventions
------------
-- Identifiers (query ids, product ids) are always ``str``, even when a file stores integers.
-- Qrels are ``{query_id: {product_id: grade}}`` with integer grades; a grade >= 1 means
-  relevant for the binary measures (see :mod:`shopsearch.benchmarks.metrics`).
-- Runs are ``{query_id: {product_id: score}}``. Only the score orders a ranking (as in
-  trec_eval); the rank column of a run file is informational.
-- Malformed input raises :class:`~shopsearch.errors.DataError` naming the file, the 1-based
-  line and the field, so the user can fix the file.
-
-Data set loaders return a :class:`LabelledSet` whose products are catalogue dicts
-(``{"id", "title", ...}`` with optional ``description``, ``brand``, ``category``,
-``attributes``), the format the index builder reads.
+Products are catalogue dicts (``{"id", "title", ...}`` with optional ``description``,
+``brand``, ``category``, ``price``, ``attributes``), validated by the catalogue's own
+:func:`~shopsearch.index.catalog.record_to_product`, so a benchmark's products are exactly what
+``build-index`` accepts from a catalogue file. Identifiers are ``str`` and qrels are
+``{query_id: {product_id: grade}}``, as in :mod:`shopsearch.benchmarks.trec`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shopsearch.benchmarks.trec import (
+    PathLike,
+    _add_judgement,
+    _check_id,
+    _first_key,
+    _json_object,
+    _lines,
+    _open_text,
+    _parse_grade,
+    _require_file,
+    read_qrels,
+    read_queries,
+)
 from shopsearch.errors import DataError
+from shopsearch.index.catalog import record_to_product
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
-
-_QUERY_ID_KEYS = ("query_id", "_id", "id", "qid")
-_QUERY_TEXT_KEYS = ("query", "text")
-_WHITESPACE = re.compile(r"\s")
-
-
-# ---------------------------------------------------------------------------- helpers
-
-def _open_text(path: Path):
-    # utf-8-sig: files saved by spreadsheet tools often start with a BOM, which would otherwise
-    # become part of the first query id.
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def _require_file(path: PathLike, what: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{what} file not found", path=str(p))
-    return p
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` with line endings stripped, skipping blank lines."""
-    with _open_text(path) as f:
-        for number, raw in enumerate(f, start=1):
-            line = raw.rstrip("\r\n")
-            if line.strip():
-                yield number, line
-
-
-def _check_id(value: str, path: Path, line: int, field_name: str) -> str:
-    if not value:
-        raise DataError("empty identifier", path=str(path), line=line, field=field_name)
-    return value
-
-
-def _parse_grade(text: str, path: Path, line: int, field_name: str = "grade") -> int:
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"relevance grade {text!r} is not a number", path=str(path),
-                        line=line, field=field_name) from None
-    if not value.is_integer():
-        # trec_eval reads grades as integers; silently truncating 0.5 would change results.
-        raise DataError(f"relevance grade {text!r} is not an integer", path=str(path),
-                        line=line, field=field_name)
-    return int(value)
-
-
-def _add_judgement(qrels: dict[str, dict[str, int]], qid: str, docid: str, grade: int,
-                   path: Path, line: int) -> None:
-    docs = qrels.setdefault(qid, {})
-    previous = docs.get(docid)
-    if previous is not None and previous != grade:
-        raise DataError(f"query {qid!r} judges product {docid!r} twice with different grades "
-                        f"({previous} and {grade})", path=str(path), line=line)
-    docs[docid] = grade
-
-
-def _looks_like_jsonl(path: Path) -> bool:
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return True
-    if path.suffix.lower() in (".tsv", ".txt", ".tab"):
-        return False
-    for _, line in _lines(path):
-        return line.lstrip().startswith("{")
-    return False
-
-
-def _check_writable_id(value: str, what: str) -> str:
-    value = str(value)
-    if not value or _WHITESPACE.search(value):
-        # TREC files are whitespace-separated: such an id cannot be written back unambiguously.
-        raise ValueError(f"{what} {value!r} is empty or contains whitespace; "
-                         "TREC files cannot represent it")
-    return value
-
-
-# ---------------------------------------------------------------------------- queries
-
-def read_queries(path: PathLike) -> dict[str, str]:
-    """Read queries as ``{query_id: query}`` in file order.
-
-    Formats, chosen by extension (``.jsonl``/``.json`` vs ``.tsv``/``.txt``) or else by
-    content (a first line starting with ``{`` means JSONL):
-
-    - TSV: ``query_id<TAB>query`` per line; a header line ``query_id<TAB>query`` (or
-      ``qid``/``id`` and ``text``) is skipped. Further tabs belong to the query text.
-    - JSONL: one object per line with the id in ``query_id``, ``_id``, ``id`` or ``qid`` and
-      the text in ``query`` or ``text`` (BEIR's ``queries.jsonl`` works as is).
-
-    Blank lines are skipped. A repeated id with the same text is tolerated; with a different
-    text it is an error.
-    """
-    p = _require_file(path, "queries")
-    queries: dict[str, str] = {}
-
-    def add(qid: str, text: str, line: int) -> None:
-        _check_id(qid, p, line, "query_id")
-        text = text.strip()
-        if not text:
-            raise DataError(f"query {qid!r} has empty text", path=str(p), line=line,
-                            field="query")
-        if qid in queries and queries[qid] != text:
-            raise DataError(f"query id {qid!r} appears twice with different texts",
-                            path=str(p), line=line, field="query_id")
-        queries[qid] = text
-
-    if _looks_like_jsonl(p):
-        for number, line in _lines(p):
-            obj = _json_object(line, p, number)
-            qid = _first_key(obj, _QUERY_ID_KEYS, p, number)
-            text = _first_key(obj, _QUERY_TEXT_KEYS, p, number)
-            add(str(qid).strip(), str(text), number)
-    else:
-        first = True
-        for number, line in _lines(p):
-            parts = line.split("\t", 1)
-            if first:
-                first = False
-                if (len(parts) == 2 and parts[0].strip().lower() in _QUERY_ID_KEYS
-                        and parts[1].strip().lower() in _QUERY_TEXT_KEYS):
-                    continue
-            if len(parts) != 2:
-                raise DataError("expected 'query_id<TAB>query' (no tab found)", path=str(p),
-                                line=number)
-            add(parts[0].strip(), parts[1], number)
-    if not queries:
-        raise DataError("no queries found", path=str(p))
-    return queries
-
-
-def write_queries(path: PathLike, queries: Mapping[str, str]) -> Path:
-    """Write ``{query_id: query}`` as TSV ``query_id<TAB>query``; returns the path."""
-    p = Path(path)
-    with open(p, "w", encoding="utf-8", newline="\n") as f:
-        for qid, text in queries.items():
-            qid = _check_writable_id(qid, "query id")
-            clean = " ".join(str(text).split())  # a tab or newline would break the TSV
-            f.write(f"{qid}\t{clean}\n")
-    return p
-
-
-def _json_object(line: str, path: Path, number: int) -> dict[str, Any]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=str(path),
-                        line=number) from None
-    if not isinstance(obj, dict):
-        raise DataError("expected a JSON object", path=str(path), line=number)
-    return obj
-
-
-def _first_key(obj: Mapping[str, Any], keys: Sequence[str], path: Path, number: int) -> Any:
-    for key in keys:
-        value = obj.get(key)
-        if value is not None:
-            return value
-    raise DataError(f"missing field (expected one of {', '.join(keys)})", path=str(path),
-                    line=number, field=keys[0])
-
-
-# ---------------------------------------------------------------------------- qrels
-
-def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
-    """Read relevance judgements as ``{query_id: {product_id: grade}}``.
-
-    Accepted layouts (detected from the first line):
-
-    - TREC: ``query_id iteration product_id grade``, whitespace-separated; the iteration
-      column is ignored, as trec_eval does.
-    - BEIR: tab-separated with a header ``query-id<TAB>corpus-id<TAB>score``.
-
-    Grades must be integers (negative grades are kept; trec_eval treats them as not
-    relevant). A pair judged twice with different grades is an error.
-    """
-    p = _require_file(path, "qrels")
-    qrels: dict[str, dict[str, int]] = {}
-    beir = False
-    first = True
-    for number, line in _lines(p):
-        if first:
-            first = False
-            head = [c.strip().lower() for c in line.split("\t")]
-            if head[:2] == ["query-id", "corpus-id"]:
-                beir = True
-                continue
-        if beir:
-            parts = line.split("\t")
-            if len(parts) != 3:
-                raise DataError(f"expected 3 tab-separated columns 'query-id corpus-id score',"
-                                f" found {len(parts)}", path=str(p), line=number)
-            qid, docid, grade_text = (c.strip() for c in parts)
-        else:
-            parts = line.split()
-            if len(parts) != 4:
-                raise DataError(f"expected 4 columns 'query_id 0 product_id grade', found "
-                                f"{len(parts)}", path=str(p), line=number)
-            qid, _, docid, grade_text = parts
-        _check_id(qid, p, number, "query_id")
-        _check_id(docid, p, number, "product_id")
-        _add_judgement(qrels, qid, docid, _parse_grade(grade_text, p, number), p, number)
-    if not qrels:
-        raise DataError("no judgements found", path=str(p))
-    return qrels
-
-
-def write_qrels(path: PathLike, qrels: Mapping[str, Mapping[str, int]]) -> Path:
-    """Write TREC qrels ``query_id 0 product_id grade``, queries in the given order and
-    products sorted by id (deterministic files diff cleanly). Returns the path."""
-    p = Path(path)
-    with open(p, "w", encoding="utf-8", newline="\n") as f:
-        for qid, docs in qrels.items():
-            qid = _check_writable_id(qid, "query id")
-            for docid in sorted(docs):
-                grade = docs[docid]
-                if isinstance(grade, float) and not grade.is_integer():
-                    raise ValueError(f"grade {grade!r} of ({qid!r}, {docid!r}) is not an integer")
-                f.write(f"{qid} 0 {_check_writable_id(docid, 'product id')} {int(grade)}\n")
-    return p
-
-
-# ---------------------------------------------------------------------------- runs
-
-def read_run(path: PathLike) -> dict[str, dict[str, float]]:
-    """Read a TREC run ``query_id Q0 product_id rank score tag`` as
-    ``{query_id: {product_id: score}}``.
-
-    The rank column must be an integer but is otherwise ignored: like trec_eval, only the
-    score orders the ranking. A product listed twice for one query is an error (trec_eval
-    refuses such runs too).
-    """
-    p = _require_file(path, "run")
-    run: dict[str, dict[str, float]] = {}
-    for number, line in _lines(p):
-        parts = line.split()
-        if len(parts) != 6:
-            raise DataError(f"expected 6 columns 'query_id Q0 product_id rank score tag', found "
-                            f"{len(parts)}", path=str(p), line=number)
-        qid, _, docid, rank_text, score_text, _ = parts
-        try:
-            int(rank_text)
-        except ValueError:
-            raise DataError(f"rank {rank_text!r} is not an integer", path=str(p), line=number,
-                            field="rank") from None
-        try:
-            score = float(score_text)
-        except ValueError:
-            raise DataError(f"score {score_text!r} is not a number", path=str(p), line=number,
-                            field="score") from None
-        if math.isnan(score):
-            raise DataError("score is NaN", path=str(p), line=number, field="score")
-        docs = run.setdefault(qid, {})
-        if docid in docs:
-            raise DataError(f"product {docid!r} appears twice for query {qid!r}", path=str(p),
-                            line=number, field="product_id")
-        docs[docid] = score
-    return run
-
-
-def write_run(path: PathLike,
-              results: Mapping[str, Sequence[tuple[str, float]] | Mapping[str, float]],
-              tag: str) -> Path:
-    """Write a TREC run file ``query_id Q0 product_id rank score tag``; returns the path.
-
-    ``results`` maps each query id to ``(product_id, score)`` pairs (or to a
-    ``{product_id: score}`` dict). Each query's lines are sorted by ``(-score, product_id)``
-    (the engine's deterministic order) and ranked from 1. Queries are written in the
-    mapping's order; a query with no results writes no lines (trec_eval ``-c`` then counts it
-    as 0, as :func:`~shopsearch.benchmarks.metrics.evaluate` does).
-
-    Scores are written with ``repr`` (shortest round-tripping form), so reading the file back
-    yields bit-identical floats: rounding to a few decimals would create ties that do not
-    exist in memory and change what trec_eval computes.
-    """
-    tag = _check_writable_id(tag, "run tag")
-    p = Path(path)
-    with open(p, "w", encoding="utf-8", newline="\n") as f:
-        for qid, hits in results.items():
-            qid = _check_writable_id(qid, "query id")
-            pairs = list(hits.items()) if isinstance(hits, Mapping) else list(hits)
-            seen: set[str] = set()
-            clean: list[tuple[str, float]] = []
-            for docid, score in pairs:
-                docid = _check_writable_id(docid, "product id")
-                score = float(score)
-                if math.isnan(score):
-                    raise ValueError(f"score of product {docid!r} for query {qid!r} is NaN")
-                if docid in seen:
-                    raise ValueError(f"product {docid!r} appears twice for query {qid!r}")
-                seen.add(docid)
-                clean.append((docid, score))
-            clean.sort(key=lambda pair: (-pair[1], pair[0]))
-            for rank, (docid, score) in enumerate(clean, start=1):
-                f.write(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n")
-    return p
-
-
-# ---------------------------------------------------------------------------- data sets
 
 @dataclass
 class LabelledSet:
@@ -359,23 +60,37 @@ class LabelledSet:
                 "judgements": sum(len(d) for d in self.qrels.values()), **self.info}
 
 
-def _product(pid: Any, title: Any, *, description: Any = None, brand: Any = None,
-             category: Any = None, attributes: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": str(pid).strip(), "title": _text(title)}
-    for key, value in (("description", description), ("brand", brand), ("category", category)):
-        value = _text(value)
-        if value:
-            out[key] = value
-    attrs = {k: _text(v) for k, v in (attributes or {}).items() if _text(v)}
-    if attrs:
-        out["attributes"] = attrs
-    return out
+# ---------------------------------------------------------------------------- helpers
 
-
-def _text(value: Any) -> str:
+def _cell(value: Any) -> str:
+    """A table cell as stripped text, ``""`` when missing (None, or the NaN that tools writing
+    missing numbers leave behind)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(value).strip()
+
+
+def _record(pid: Any, title: Any, **fields: Any) -> dict[str, Any]:
+    """A raw catalogue record from a loader's columns, for :func:`_product` to validate.
+
+    Missing cells are left out (attributes too, one by one) rather than handed on, where the
+    validator would turn a None into an empty field but a NaN into the text ``"nan"``.
+    """
+    record: dict[str, Any] = {"id": pid, "title": title}
+    for name, value in fields.items():
+        if isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if _cell(v)}
+            if value:
+                record[name] = value
+        elif _cell(value):
+            record[name] = value
+    return record
+
+
+def _product(record: dict[str, Any], path: Path, line: int | None) -> dict[str, Any]:
+    # One product normaliser in the project: whatever the catalogue would reject, a benchmark
+    # rejects too, with the same message.
+    return record_to_product(record, str(path), line).to_dict()
 
 
 def _restrict_queries(queries: Mapping[str, str], qrels: Mapping[str, Any], path: Path,
@@ -392,28 +107,23 @@ def _read_jsonl_products(path: Path, *, beir: bool) -> list[dict[str, Any]]:
     products: list[dict[str, Any]] = []
     for number, line in _lines(path):
         obj = _json_object(line, path, number)
-        pid = _text(_first_key(obj, ("_id", "id") if beir else ("id", "_id"), path, number))
-        if not pid:
-            raise DataError("empty product id", path=str(path), line=number, field="id")
-        title = _text(obj.get("title"))
+        pid = _first_key(obj, ("_id", "id") if beir else ("id", "_id"), path, number)
         if beir:
-            body = _text(obj.get("text"))
-            if not title and not body:
+            title, body = obj.get("title"), obj.get("text")
+            if not _cell(title) and not _cell(body):
                 raise DataError("document has neither title nor text", path=str(path),
                                 line=number, field="text")
             # BEIR corpora often have no titles (MS MARCO, FiQA): the text becomes the title so
             # that every product has one, and is not repeated as description.
-            products.append(_product(pid, title, description=body) if title
-                            else _product(pid, body))
+            record = _record(pid, title, description=body) if _cell(title) else _record(pid, body)
         else:
-            if not title:
-                raise DataError("missing or empty title", path=str(path), line=number,
-                                field="title")
-            product = {k: v for k, v in obj.items() if k not in ("_id",)}
-            product["id"], product["title"] = pid, title
-            products.append(product)
+            record = {k: v for k, v in obj.items() if k != "_id"}
+            record["id"] = pid
+        products.append(_product(record, path, number))
     return products
 
+
+# ---------------------------------------------------------------------------- BEIR
 
 def load_beir(folder: PathLike, split: str = "test") -> LabelledSet:
     """Load a BEIR-format data set: ``corpus.jsonl`` (``_id``, ``title``, ``text``),
@@ -432,6 +142,8 @@ def load_beir(folder: PathLike, split: str = "test") -> LabelledSet:
     return LabelledSet(products, queries, qrels, name=f"{root.name}-{split}",
                        info={"format": "beir", "split": split})
 
+
+# ---------------------------------------------------------------------------- ESCI
 
 #: ESCI label -> integer grade. The ESCI paper scores nDCG with gains E=1.0, S=0.1, C=0.01,
 #: I=0; trec_eval's qrels hold integer grades and its nDCG gain is the grade itself, so we use
@@ -491,14 +203,14 @@ def load_esci(folder_or_files: PathLike | Sequence[PathLike], split: str = "test
     for i in range(n):
         if small and not examples["small_version"][i]:
             continue
-        qid, pid = _text(examples["query_id"][i]), _text(examples["product_id"][i])
-        label = _text(examples["esci_label"][i]).upper()
+        qid, pid = _cell(examples["query_id"][i]), _cell(examples["product_id"][i])
+        label = _cell(examples["esci_label"][i]).upper()
         if label not in ESCI_GRADES:
             # Rows were filtered in Arrow, so name the example rather than a row number.
             raise DataError(f"unknown esci_label {label!r} for query {qid!r}, product {pid!r} "
                             "(expected E, S, C or I)", path=str(examples_path),
                             field="esci_label")
-        queries[qid] = _text(examples["query"][i])
+        queries[qid] = _cell(examples["query"][i])
         if qrels.get(qid, {}).get(pid, ESCI_GRADES[label]) != ESCI_GRADES[label]:
             raise DataError(f"query {qid!r} judges product {pid!r} twice with different labels",
                             path=str(examples_path), field="esci_label")
@@ -516,15 +228,18 @@ def load_esci(folder_or_files: PathLike | Sequence[PathLike], split: str = "test
     products: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i in range(len(prod_cols["product_id"])):
-        pid = _text(prod_cols["product_id"][i])
+        pid = _cell(prod_cols["product_id"][i])
         if pid in seen or (corpus == "judged" and pid not in judged):
             continue
         seen.add(pid)
-        description = _text(prod_cols["product_description"][i]) or \
-            _text(prod_cols["product_bullet_point"][i])
-        products.append(_product(pid, prod_cols["product_title"][i], description=description,
-                                 brand=prod_cols["product_brand"][i],
-                                 attributes={"color": prod_cols["product_color"][i]}))
+        description = prod_cols["product_description"][i]
+        if not _cell(description):
+            description = prod_cols["product_bullet_point"][i]
+        record = _record(pid, prod_cols["product_title"][i], description=description,
+                         brand=prod_cols["product_brand"][i],
+                         attributes={"color": prod_cols["product_color"][i]})
+        # No line number: rows were filtered in Arrow, so a row index would point nowhere.
+        products.append(_product(record, products_path, None))
     missing = judged - seen
     if missing:
         logger.warning("ESCI: %d judged products are missing from %s (e.g. %s); they count as "
@@ -563,6 +278,8 @@ def _read_parquet_columns(pq: Any, path: Path, columns: list[str],
     return out
 
 
+# ---------------------------------------------------------------------------- WANDS
+
 #: WANDS label -> grade.
 WANDS_GRADES = {"Exact": 2, "Partial": 1, "Irrelevant": 0}
 
@@ -600,36 +317,39 @@ def load_wands(folder: PathLike) -> LabelledSet:
 
     products = []
     for line, row in _read_tsv_dicts(product_path, ["product_id", "product_name"]):
-        pid = _check_id(_text(row["product_id"]), product_path, line, "product_id")
-        products.append(_product(pid, row["product_name"],
-                                 description=row.get("product_description"),
-                                 category=row.get("product_class")))
+        record = _record(row["product_id"], row["product_name"],
+                         description=row.get("product_description"),
+                         category=row.get("product_class"))
+        products.append(_product(record, product_path, line))
     all_queries: dict[str, str] = {}
     for line, row in _read_tsv_dicts(query_path, ["query_id", "query"]):
-        qid = _check_id(_text(row["query_id"]), query_path, line, "query_id")
-        all_queries[qid] = _text(row["query"])
+        qid = _check_id(_cell(row["query_id"]), query_path, line, "query_id")
+        all_queries[qid] = _cell(row["query"])
     qrels: dict[str, dict[str, int]] = {}
     for line, row in _read_tsv_dicts(label_path, ["query_id", "product_id", "label"]):
-        label = _text(row["label"])
+        label = _cell(row["label"])
         if label not in WANDS_GRADES:
             raise DataError(f"unknown label {label!r} (expected Exact, Partial or Irrelevant)",
                             path=str(label_path), line=line, field="label")
-        qid = _check_id(_text(row["query_id"]), label_path, line, "query_id")
-        pid = _check_id(_text(row["product_id"]), label_path, line, "product_id")
+        qid = _check_id(_cell(row["query_id"]), label_path, line, "query_id")
+        pid = _check_id(_cell(row["product_id"]), label_path, line, "product_id")
         _add_judgement(qrels, qid, pid, WANDS_GRADES[label], label_path, line)
     queries = _restrict_queries(all_queries, qrels, query_path)
     return LabelledSet(products, queries, qrels, name="wands", info={"format": "wands"})
 
 
-def _read_two_col_tsv(path: Path, what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
+# ---------------------------------------------------------------------------- Multi-CPR
+
+def _read_two_col_tsv(path: Path, what: str) -> dict[str, tuple[int, str]]:
+    """``{id: (line_number, text)}``; a repeated id keeps its first position and its last text."""
+    out: dict[str, tuple[int, str]] = {}
     for number, line in _lines(path):
         parts = line.split("\t", 1)
         if len(parts) != 2:
             raise DataError(f"expected '{what}_id<TAB>text' (no tab found)", path=str(path),
                             line=number)
         key = _check_id(parts[0].strip(), path, number, f"{what}_id")
-        out[key] = parts[1].strip()
+        out[key] = (number, parts[1].strip())
     return out
 
 
@@ -657,13 +377,16 @@ def load_multicpr(folder: PathLike, split: str = "dev") -> LabelledSet:
     if not qrels:
         raise DataError("no judgements found", path=str(qrels_path))
     query_path = _require_file(root / f"{split}.query.txt", f"Multi-CPR queries ({split})")
-    queries = _restrict_queries(_read_two_col_tsv(query_path, "query"), qrels, query_path)
+    all_queries = {qid: text for qid, (_, text) in _read_two_col_tsv(query_path, "query").items()}
+    queries = _restrict_queries(all_queries, qrels, query_path)
     corpus_path = _require_file(root / "corpus.tsv", "Multi-CPR corpus")
-    products = [_product(pid, text) for pid, text in
+    products = [_product(_record(pid, text), corpus_path, number) for pid, (number, text) in
                 _read_two_col_tsv(corpus_path, "passage").items()]
     return LabelledSet(products, queries, qrels, name=f"multicpr-{root.name}-{split}",
                        info={"format": "multicpr", "split": split})
 
+
+# ---------------------------------------------------------------------------- Home Depot
 
 def load_homedepot(folder: PathLike, split: str = "dev") -> LabelledSet:
     """Load the project's own layout (used for Home Depot): ``products.jsonl``
@@ -685,6 +408,8 @@ def load_homedepot(folder: PathLike, split: str = "dev") -> LabelledSet:
     return LabelledSet(products, queries, qrels, name=f"{root.name}-{split}",
                        info={"format": "shopsearch", "split": split})
 
+
+# ---------------------------------------------------------------------------- finding a data set
 
 #: Data sets the loaders know by name; looked up under ``$SHOPSEARCH_DATA`` and then under
 #: ``../shared/data`` next to the project root.
@@ -750,4 +475,3 @@ def load_dataset(path_or_name: PathLike, split: str | None = None) -> LabelledSe
     if fmt == "multicpr":
         return load_multicpr(root, **kwargs)
     return load_homedepot(root, **kwargs)
-
