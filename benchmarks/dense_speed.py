@@ -175,12 +175,12 @@ def real_catalogue(index_dir: str, queries_path: str | None, args: argparse.Name
         n_total = args.queries + args.warmup + args.recall_queries
         return vectors, perturbed_queries(vectors, min(n_total, len(vectors)),
                                           args.query_noise, rng)
-    from shopsearch.engine import load_manifest_encoder
+    from shopsearch.benchmarks.trec import read_queries
+    from shopsearch.index.encoder import load_index_encoder
 
-    with open(queries_path, encoding="utf-8") as handle:
-        texts = [line.rstrip("\n").split("\t", 1)[-1] for line in handle if line.strip()]
+    texts = list(read_queries(queries_path).values())
     log(f"encoding {len(texts)} queries with the index's encoder")
-    queries = load_manifest_encoder(index).encode_queries(texts)
+    queries = load_index_encoder(index).encode_queries(texts)
     return vectors, np.ascontiguousarray(queries, dtype=np.float32)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from shopsearch.benchmarks.machine import describe_machine
+from shopsearch.benchmarks.trec import read_queries
 
 QUERIES = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "homedepot"
            / "queries.dev.tsv")
@@ -42,12 +43,6 @@ STAGE_ORDER = ("filters", "analysis", "bm25", "encode_query", "dense_search", "f
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def read_queries(path: Path) -> list[str]:
-    """Query texts from a ``query_id<TAB>query`` TSV (a line without a tab is the query)."""
-    with path.open(encoding="utf-8") as handle:
-        return [line.rstrip("\n").split("\t", 1)[-1] for line in handle if line.strip()]
 
 
 def open_variants(args: argparse.Namespace) -> list[tuple[str, Any]]:
@@ -108,7 +103,7 @@ def main() -> None:
     thread_counts = [int(x) for x in args.threads.split(",")]
     torch.set_num_threads(thread_counts[0])
     faiss.omp_set_num_threads(thread_counts[0])
-    queries = read_queries(args.queries)
+    queries = list(read_queries(args.queries).values())
     if len(queries) < args.n + args.warmup:
         parser.error(f"{args.queries} has {len(queries)} queries; need --n + --warmup")
     warm, timed = queries[: args.warmup], queries[args.warmup: args.warmup + args.n]
@@ -162,7 +157,7 @@ def main() -> None:
     print(f"index {args.index}: {len(base_engine.index.products):,} products, encoder "
           f"{encoder or 'none'}, FAISS {faiss_factory or 'none'}, reranker "
           f"{reranker_name or 'none'}; {len(timed)} queries from {args.queries.name} one at a "
-          f"time, k={args.k}, depth {base_engine.depth}, rerank_top {base_engine.rerank_top}; "
+          f"time, k={args.k}, candidate depth {base_engine.depth}, rerank top {base_engine.blend.top}; "
           f"variants interleaved after {len(warm)} warm-up queries; torch and FAISS threads "
           f"{args.threads}")
 

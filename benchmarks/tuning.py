@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from shopsearch.retrieval.fusion import FusionConfig, fuse
 from shopsearch.retrieval.types import Hit
 
 if TYPE_CHECKING:
+    from shopsearch.engine import SearchEngine
     from shopsearch.rerank.blend import BlendConfig
 
 RRF_KS = (5.0, 10.0, 20.0, 40.0, 60.0, 100.0)
@@ -82,19 +83,18 @@ class BlendTuningResult:
 
 def blended_run(fused: Mapping[str, list[Hit]], logits: Mapping[str, Sequence[float]],
                 config: "BlendConfig") -> dict[str, list[Hit]]:
-    """Each query's fused list with its top ``config.top`` reordered by the blended key and the
-    rest below, as the engine does. ``logits[qid]`` covers at least that many hits."""
-    from shopsearch.rerank.blend import append_below, blend_order
+    """Each query's fused list in the rerank stage's order at ``config``
+    (``rerank.blend.rerank_order``, the function the stage itself calls). ``logits[qid]``
+    covers at least the first ``config.top`` hits; probabilities only label hits and never
+    change the order, so the plain sigmoid stands in for the calibrator here."""
+    from shopsearch.rerank.blend import rerank_order
+    from shopsearch.rerank.calibration import sigmoid
 
     run = {}
     for qid, hits in fused.items():
-        head, tail = hits[:config.top], hits[config.top:]
-        click = np.asarray(logits[qid][:len(head)], dtype=np.float64)
-        # At weight 1 the order is the logit's (the engine shows the calibrated probability,
-        # a monotone map of it, which orders the same).
-        ranked = blend_order([Hit(h.product_id, float(x), h.scores) for h, x in zip(head, click)],
-                             click, np.array([h.score for h in head]), config.weight)
-        run[qid] = append_below(ranked, tail)
+        head = min(config.top, len(hits))
+        click = np.asarray(logits[qid][:head], dtype=np.float64)
+        run[qid] = rerank_order(hits, click, sigmoid(click), config)
     return run
 
 
@@ -118,22 +118,24 @@ def tune_blend(fused: Mapping[str, list[Hit]], logits: Mapping[str, Sequence[flo
                              fused_score=score(fused), table=table)
 
 
-def tune_engine_blend(engine: Any, queries: Mapping[str, str],
+def tune_engine_blend(engine: "SearchEngine", queries: Mapping[str, str],
                       qrels: Mapping[str, Mapping[str, int]], *, metric: str = "nDCG@10",
                       weights: Sequence[float] = BLEND_WEIGHTS,
                       tops: Sequence[int] = RERANK_TOPS,
                       progress: bool = False) -> BlendTuningResult:
     """:func:`tune_blend` for an engine's reranker: each query (``{query_id: text}``, all
-    judged) gets its hybrid list and one cross-encoder pass over its deepest candidates."""
+    judged) gets the engine's own hybrid stage list and one reranker pass over its deepest
+    candidates, through the ``Reranker`` interface the rerank stage uses."""
     from tqdm.auto import tqdm
 
-    if engine.reranker is None:
+    reranker = engine.reranker
+    if reranker is None:
         raise ValueError("the engine has no reranker to tune")
     qids = list(queries)
     deepest = max(tops)
-    fused = dict(zip(qids, engine.hybrid_search([queries[q] for q in qids], max(100, deepest))))
-    logits = {q: engine.reranker.predict_logits(
-                  queries[q], [engine.product_text(h.product_id) for h in fused[q][:deepest]])
+    fused = dict(zip(qids, engine.stage("hybrid").search([queries[q] for q in qids], deepest)))
+    logits = {q: reranker.logits(queries[q], [engine.product_texts[h.product_id]
+                                              for h in fused[q][:deepest]])
               for q in tqdm(qids, desc="reranking", disable=not progress)}
     return tune_blend(fused, logits, {q: qrels[q] for q in qids}, metric=metric,
                       weights=weights, tops=tops)
@@ -149,3 +151,51 @@ def store_blend(index_dir: Path, result: BlendTuningResult, queries: int) -> Non
     info["blend"] = {**result.best.to_dict(), "metric": result.metric, "score": result.best_score,
                      "fused_score": result.fused_score, "queries": queries}
     update_manifest(Path(index_dir), reranker=info)
+
+
+def store_fusion(index_dir: Path, result: TuningResult, queries: int, depth: int) -> None:
+    """Record the best fusion setting and the candidate depth it was tuned at in the index
+    manifest, where the hybrid stage reads both."""
+    from shopsearch.index.store import update_manifest
+
+    update_manifest(Path(index_dir), candidate_depth=depth,
+                    fusion={**result.best.to_dict(), "metric": result.metric,
+                            "score": result.best_score, "queries": queries})
+
+
+def tune_engine_fusion(engine: "SearchEngine", queries: Mapping[str, str],
+                       qrels: Mapping[str, Mapping[str, int]], *,
+                       metric: str = "nDCG@10") -> TuningResult:
+    """:func:`tune_fusion` over the engine's own BM25 and dense stages, each asked for the
+    engine's candidate depth (what its hybrid stage fuses), so the winner is scored on the
+    lists it will fuse when served."""
+    if "dense" not in engine.stages:
+        raise ValueError("this index has no dense part: there is nothing to fuse")
+    qids = list(queries)
+    texts = [queries[q] for q in qids]
+    sparse = dict(zip(qids, engine.stage("bm25").search(texts, engine.depth)))
+    dense = dict(zip(qids, engine.stage("dense").search(texts, engine.depth)))
+    return tune_fusion(sparse, dense, {q: qrels[q] for q in qids}, current=engine.fusion,
+                       metric=metric, k=engine.depth)
+
+
+def held_out_query_ids(reranker_dir: Path, queries: Mapping[str, str]) -> list[str]:
+    """The ids of ``queries`` the reranker in ``reranker_dir`` held out of its training (its
+    dev and test split, recorded in its ``training.json`` as ids, or as texts for a click
+    log), so that its blend is tuned on queries it never trained on."""
+    import json
+
+    from shopsearch.errors import SearchError
+
+    info_file = Path(reranker_dir) / "training.json"
+    info = json.loads(info_file.read_text("utf-8")) if info_file.is_file() else {}
+    if "held_out_queries" not in info:
+        raise SearchError(f"{info_file} lists no held-out queries (was the reranker trained "
+                          "by `search-cli train-reranker`?); drop --held-out and give queries "
+                          "it did not train on")
+    keep = set(info["held_out_queries"])
+    kept = [q for q in queries if q in keep or queries[q] in keep]
+    if not kept:
+        raise SearchError("none of the given queries is among the reranker's held-out "
+                          "queries: give the data set it was trained on")
+    return kept

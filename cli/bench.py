@@ -29,11 +29,19 @@ class DataArgs:
         return bool(self.queries or self.qrels or self.dataset)
 
 
-def _labelled_queries(data: DataArgs) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    from shopsearch.benchmarks.formats import load_dataset, read_qrels, read_queries
+def _labelled_queries(data: DataArgs, index_dir: Path | None = None
+                      ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Judged queries from the data options. With ``index_dir``, a data set that brings its
+    own catalogue must be the catalogue that index was built from (its hash is checked)."""
+    from shopsearch.benchmarks.datasets import load_dataset
+    from shopsearch.benchmarks.trec import read_qrels, read_queries
 
     if data.dataset:
         labelled = load_dataset(data.dataset, data.split)
+        if index_dir is not None and labelled.products:
+            from shopsearch.index.store import check_catalog
+
+            check_catalog(index_dir, labelled.products, f"data set {data.dataset}")
         query_map, qrel_map = labelled.queries, labelled.qrels
     elif data.queries and data.qrels:
         query_map, qrel_map = read_queries(data.queries), read_qrels(data.qrels)
@@ -79,7 +87,9 @@ def _data_options(func):
 @_data_options
 @click.option("--stages", default="bm25,dense,hybrid,rerank", show_default=True,
               help="Comma-separated stages; ones the index cannot run are skipped with a note.")
-@click.option("--depth", default=1000, show_default=True, help="Results per query in runs.")
+@click.option("--depth", default=1000, show_default=True,
+              help="Results per query in runs. The hybrid and rerank stages return at most "
+                   "2 x the index's candidate depth, as `query` does.")
 @click.option("--out", "out_dir", default="benchmark-report", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Folder for run files, report.md/json and report.png.")
@@ -111,7 +121,7 @@ def benchmark_cmd(index_dir: Path, data: DataArgs, stages: str,
     from shopsearch.engine import SearchEngine
     from shopsearch.index.store import folder_size
 
-    query_map, qrel_map = _labelled_queries(data)
+    query_map, qrel_map = _labelled_queries(data, index_dir)
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
     engine = SearchEngine.open(index_dir, reranker=reranker, use_reranker="rerank" in wanted,
                                load_encoder=bool({"dense", "hybrid", "rerank"} & set(wanted)))
@@ -130,7 +140,10 @@ def benchmark_cmd(index_dir: Path, data: DataArgs, stages: str,
                                   "index_bytes": index_bytes,
                                   "products": engine.index.manifest.products,
                                   "encoder": (engine.index.manifest.encoder or {}).get("name"),
-                                  "reranker": getattr(engine.reranker, "name", None),
+                                  "reranker": engine.reranker.name if engine.reranker else None,
+                                  "candidate_depth": engine.depth,
+                                  "fusion": engine.fusion.to_dict(),
+                                  "blend": engine.blend.to_dict() if engine.reranker else None,
                                   "data": data.dataset or f"{data.queries} + {data.qrels}"})
     paths = write_report(report, out_dir)
     if as_json:
@@ -147,35 +160,31 @@ def benchmark_cmd(index_dir: Path, data: DataArgs, stages: str,
 @_data_options
 @click.option("--metric", default="nDCG@10", show_default=True,
               help="What to maximise (any measure `benchmark` reports).")
-@click.option("--depth", default=100, show_default=True,
-              help="Candidates per retriever, as at query time.")
+@click.option("--depth", type=int, default=None,
+              help="Candidates per retriever (default: the index's candidate depth, which "
+                   "is what its hybrid stage fuses when serving); stored with the fusion.")
 @click.option("--write/--dry-run", default=True, show_default=True,
               help="Store the best setting in the index manifest.")
 @click.option("--json", "as_json", is_flag=True)
 def tune_fusion_cmd(index_dir: Path, data: DataArgs, metric: str,
-                    depth: int, write: bool, as_json: bool) -> None:
+                    depth: int | None, write: bool, as_json: bool) -> None:
     """Grid-search the fusion (RRF k and weights; convex alpha and normalisation) on judged
     queries and store the best in the index manifest.
 
     Tune on queries you will not report on (e.g. training queries), then benchmark on dev.
     """
     from shopsearch.benchmarks.report import format_table
-    from shopsearch.benchmarks.tuning import tune_fusion
+    from shopsearch.benchmarks.tuning import store_fusion, tune_engine_fusion
     from shopsearch.engine import SearchEngine
-    from shopsearch.index.store import update_manifest
 
-    query_map, qrel_map = _labelled_queries(data)
-    engine = SearchEngine.open(index_dir, use_reranker=False)
+    query_map, qrel_map = _labelled_queries(data, index_dir)
+    engine = SearchEngine.open(index_dir, use_reranker=False, depth=depth)
     if engine.encoder is None:
         raise SearchError("this index has no dense part: there is nothing to fuse")
     qids = [q for q in query_map if q in qrel_map]
-    texts = [query_map[q] for q in qids]
-    sparse = dict(zip(qids, engine.bm25_search(texts, depth)))
-    dense = dict(zip(qids, engine.dense_search(texts, depth)))
-    judged = {q: qrel_map[q] for q in qids}
-    result = tune_fusion(sparse, dense, judged, current=engine.fusion, metric=metric, k=depth)
+    result = tune_engine_fusion(engine, {q: query_map[q] for q in qids}, qrel_map, metric=metric)
     if write:
-        update_manifest(Path(index_dir), fusion=result.best.to_dict())
+        store_fusion(Path(index_dir), result, len(qids), engine.depth)
     summary = {"metric": metric, "queries": len(qids), "before": result.current.to_dict(),
                "before_score": result.current_score, "best": result.best.to_dict(),
                "best_score": result.best_score, "written": write}
@@ -234,7 +243,7 @@ def tune_rerank_cmd(index_dir: Path, data: DataArgs, metric: str, weights: str, 
       search-cli tune-rerank --index hd-index --dataset homedepot --split train --held-out
     """
     from shopsearch.benchmarks.report import format_table
-    from shopsearch.benchmarks.tuning import store_blend, tune_engine_blend
+    from shopsearch.benchmarks.tuning import held_out_query_ids, store_blend, tune_engine_blend
     from shopsearch.engine import SearchEngine
 
     weight_grid = _float_list(weights)
@@ -242,26 +251,14 @@ def tune_rerank_cmd(index_dir: Path, data: DataArgs, metric: str, weights: str, 
     if not weight_grid or not top_grid or not all(0 <= w <= 1 for w in weight_grid) \
             or min(top_grid) < 1:
         raise click.BadParameter("weights must lie in [0, 1] and tops be >= 1")
-    query_map, qrel_map = _labelled_queries(data)
+    query_map, qrel_map = _labelled_queries(data, index_dir)
     engine = SearchEngine.open(index_dir)
-    if engine.reranker is None or engine.index.manifest.reranker is None:
+    if engine.reranker is None or engine.index.reranker_path is None:
         raise SearchError(f"{index_dir} has no installed reranker: train one with "
                           "`search-cli train-reranker` first")
     qids = [q for q in query_map if q in qrel_map]
     if held_out:
-        import json
-
-        info_file = engine.index.reranker_path / "training.json"
-        info = json.loads(info_file.read_text("utf-8")) if info_file.is_file() else {}
-        if "held_out_queries" not in info:
-            raise SearchError(f"{info_file} lists no held-out queries (was the reranker trained "
-                              "by `search-cli train-reranker`?); drop --held-out and give "
-                              "queries it did not train on")
-        keep = set(info["held_out_queries"])
-        qids = [q for q in qids if q in keep or query_map[q] in keep]
-        if not qids:
-            raise SearchError("none of the given queries is among the reranker's held-out "
-                              "queries: give the data set it was trained on")
+        qids = held_out_query_ids(engine.index.reranker_path, {q: query_map[q] for q in qids})
     result = tune_engine_blend(engine, {q: query_map[q] for q in qids}, qrel_map, metric=metric,
                                weights=weight_grid, tops=top_grid, progress=not as_json)
     if write:

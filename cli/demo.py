@@ -56,14 +56,12 @@ def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int,
     """
     from shopsearch.benchmarks.runner import run_benchmark
     from shopsearch.demo.catalog import DEMO_NOTICE, generate_catalog
-    from shopsearch.demo.queries import demo_qrels, demo_queries, training_queries
+    from shopsearch.demo.queries import demo_qrels, demo_queries
+    from shopsearch.demo.workflow import simulate_training_clicks, train_install_and_tune
     from shopsearch.engine import SearchEngine
-    from shopsearch.index.store import RERANKER_DIR, build_index, install_reranker
-    from shopsearch.models.registry import resolve_model
+    from shopsearch.index.store import build_index
     from shopsearch.retrieval.encoders import SentenceTransformerEncoder
     from shopsearch.training.clicks import write_click_log
-    from shopsearch.training.pipeline import simulate_click_log, train_reranker_from_clicks
-    from shopsearch.training.reranker import RerankerTrainingConfig
 
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -78,27 +76,21 @@ def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int,
     click.echo(f"{summary.products} products, {summary.texts_per_second:.0f} products/s "
                f"encoded, {time.perf_counter() - t0:.0f} s")
 
-    t0 = _step("2/5 simulate shoppers clicking on the hybrid ranking (position-biased)")
-    # The reranker learns from generated single-facet queries ("真丝半身裙", "rattan
+    t0 = _step("2/5 simulate shoppers clicking on the served ranking (position-biased)")
+    # The reranker learns from generated two-facet queries ("白色尼龙双肩包", "walnut rattan
     # nightstand"), never from the 54 hand-written demo queries it is measured on.
     queries, qrels = dict(demo_queries()), demo_qrels(products)
-    train_queries, train_qrels = training_queries(products, n_queries=train_queries_n)
-    engine = SearchEngine.open(index_dir, use_reranker=False)
-    train_ids = sorted(train_queries)
-    shown = engine.stage("hybrid").search([train_queries[q] for q in train_ids], 10)
-    log = simulate_click_log({q: [h.product_id for h in hits] for q, hits in zip(train_ids, shown)},
-                             train_qrels, train_queries, sessions_per_query=20)
-    write_click_log(log, clicks_path)
-    click.echo(f"{len(train_ids)} generated training queries, {len(log)} impressions, "
-               f"{sum(i.clicked for i in log)} clicks -> {clicks_path} "
+    clicks = simulate_training_clicks(SearchEngine.open(index_dir, use_reranker=False),
+                                      products, n_queries=train_queries_n)
+    write_click_log(clicks.log, clicks_path)
+    click.echo(f"{len(clicks.queries)} generated training queries, {len(clicks.log)} "
+               f"impressions, {sum(i.clicked for i in clicks.log)} clicks -> {clicks_path} "
                f"({time.perf_counter() - t0:.0f} s)")
 
     t0 = _step(f"3/5 fine-tune a click-probability reranker from {reranker_base} on the clicks")
-    base = str(resolve_model(reranker_base).path or reranker_base)
-    result = train_reranker_from_clicks(
-        log, {p.id: p.text() for p in products}, base, reranker_dir, negatives_per_query=3,
-        config=RerankerTrainingConfig(epochs=epochs, batch_size=16, learning_rate=1e-4,
-                                      max_length=32, freeze_embeddings=True))
+    trained = train_install_and_tune(index_dir, clicks, products, reranker_base, reranker_dir,
+                                     epochs=epochs)
+    result, blend = trained.training, trained.blend
     click.echo("examination propensity by rank, estimated from the log by EM: "
                + " ".join(f"{p:.2f}" for p in result.propensities or []))
     click.echo("dev log loss / AUC by epoch: " + ", ".join(
@@ -108,23 +100,8 @@ def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int,
     click.echo(f"calibration on held-out queries: ECE {cal.test_ece_before:.3f} -> "
                f"{cal.test_ece_after:.3f}, log loss {cal.test_log_loss_before:.3f} -> "
                f"{cal.test_log_loss_after:.3f}")
-    install_reranker(index_dir, reranker_dir)
-    # How much the final order trusts the click logit over the fused score: tuned on the
-    # training queries the reranker did not train on (its dev and test split).
-    import json
-
-    from shopsearch.benchmarks.tuning import store_blend, tune_engine_blend
-    from shopsearch.rerank.cross_encoder import CrossEncoderReranker
-
-    recorded = json.loads((reranker_dir / "training.json").read_text(encoding="utf-8"))
-    held_texts = set(recorded["held_out_queries"])
-    held = [q for q in train_ids if train_queries[q] in held_texts]
-    engine.reranker = CrossEncoderReranker(index_dir / RERANKER_DIR)
-    blend = tune_engine_blend(engine, {q: train_queries[q] for q in held}, train_qrels,
-                              tops=(10, 20, 30))
-    store_blend(index_dir, blend, len(held))
-    click.echo(f"blend tuned on {len(held)} held-out training queries: nDCG@10 fused "
-               f"{blend.fused_score:.3f} -> {blend.best_score:.3f} with weight "
+    click.echo(f"blend tuned on {trained.held_out_queries} held-out training queries: nDCG@10 "
+               f"fused {blend.fused_score:.3f} -> {blend.best_score:.3f} with weight "
                f"{blend.best.weight:g} on the click logit, top {blend.best.top}; installed "
                f"into {index_dir} ({time.perf_counter() - t0:.0f} s)")
 
@@ -134,8 +111,7 @@ def demo_cmd(workdir: Path, model: str, reranker_base: str, epochs: int,
         _show(engine, query)
 
     t0 = _step("5/5 benchmark every stage on the demo judgements")
-    stages = {name: engine.stage(name) for name in ("bm25", "dense", "hybrid", "rerank")
-              if name != "rerank" or engine.reranker is not None}
+    stages = dict(engine.stages)
     report = run_benchmark(stages, queries, qrels, depth=100, out_dir=report_dir,
                            latency_queries=20, progress=False,
                            extra={"note": "synthetic demo; the reranker was trained on clicks "

@@ -149,16 +149,22 @@ def _fmt(value: Any, digits: int = 3) -> str:
 @click.option("--max-price", type=float, help="Highest price, inclusive.")
 @click.option("--reranker", help="Cross-encoder folder to rerank with (overrides the index's).")
 @click.option("--no-rerank", is_flag=True, help="Skip the reranker even if the index has one.")
-@click.option("--depth", default=100, show_default=True,
-              help="Candidates taken from each retriever before fusion.")
-@click.option("--rerank-top", default=50, show_default=True,
-              help="Fused candidates the reranker re-scores.")
+@click.option("--stage", type=click.Choice(["bm25", "dense", "hybrid", "rerank"]),
+              help="Stop the pipeline after this stage (default: the full pipeline, i.e. "
+                   "rerank when the index has a reranker, else hybrid). `benchmark` measures "
+                   "exactly these stages.")
+@click.option("--candidates", "depth", type=int,
+              help="Candidates taken from each retriever before fusion (default: the "
+                   "index's candidate depth, 100 unless tune-fusion stored another).")
+@click.option("--rerank-top", type=int,
+              help="Fused candidates the reranker re-scores (default: the tuned depth stored "
+                   "with the index's reranker, else 50).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--explain", is_flag=True, help="Show per-stage timings and matched terms.")
 def query_cmd(text: str, k: int, index_dir: Path, category: str | None,
               min_price: float | None, max_price: float | None, reranker: str | None,
-              no_rerank: bool, depth: int, rerank_top: int, as_json: bool,
-              explain: bool) -> None:
+              no_rerank: bool, stage: str | None, depth: int | None, rerank_top: int | None,
+              as_json: bool, explain: bool) -> None:
     """Search the index for TEXT (Chinese, English or both).
 
     \b
@@ -167,15 +173,18 @@ def query_cmd(text: str, k: int, index_dir: Path, category: str | None,
       search-cli query "king poster bed" -k 5 --explain
       search-cli query "nightstand" --category Furniture --max-price 300 --json
     """
-    from shopsearch.engine import Filters, SearchEngine
+    from shopsearch.engine import SearchEngine, check_query
+    from shopsearch.retrieval.filters import Filters
 
-    if not text.strip():
-        # Checked before opening the index so that a typo costs no model load.
-        raise SearchError("the query is empty; type some words to search for")
+    # Checked before opening the index so that a typo costs no model load.
+    check_query(text)
+    if no_rerank and stage == "rerank":
+        raise SearchError("--no-rerank and --stage rerank contradict each other")
     filters = Filters(category=category, min_price=min_price, max_price=max_price)
-    engine = SearchEngine.open(index_dir, reranker=reranker, use_reranker=not no_rerank,
-                               depth=depth, rerank_top=rerank_top)
-    result = engine.search(text, k=k, filters=filters, explain=explain)
+    engine = SearchEngine.open(index_dir, reranker=reranker,
+                               use_reranker=not no_rerank and stage in (None, "rerank"),
+                               load_encoder=stage != "bm25", depth=depth, rerank_top=rerank_top)
+    result = engine.search(text, k=k, filters=filters, explain=explain, stage=stage)
     if as_json:
         _echo_json(result.to_dict())
         return

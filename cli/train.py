@@ -14,15 +14,17 @@ from shopsearch.cli.main import DEFAULT_INDEX, _echo_json, cli
 from shopsearch.errors import SearchError
 
 
-def _demo_or_given(data: DataArgs) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    """The demo queries and judgements when none are given, else the given ones."""
+def _demo_or_given(data: DataArgs, index_dir: Path
+                   ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """The demo queries and judgements when none are given, else the given ones (a data
+    set's catalogue checked against the index's)."""
     if not data.given:
         from shopsearch.demo.catalog import generate_catalog
         from shopsearch.demo.queries import demo_qrels, demo_queries
 
         query_map = dict(demo_queries())
         return query_map, demo_qrels(generate_catalog())
-    return _labelled_queries(data)
+    return _labelled_queries(data, index_dir)
 
 
 @cli.command("simulate-clicks")
@@ -55,7 +57,7 @@ def simulate_clicks_cmd(index_dir: Path, data: DataArgs, stage: str,
     from shopsearch.training.clicks import write_click_log
     from shopsearch.training.pipeline import simulate_click_log
 
-    query_map, qrel_map = _demo_or_given(data)
+    query_map, qrel_map = _demo_or_given(data, index_dir)
     engine = SearchEngine.open(index_dir, use_reranker=False, load_encoder=stage != "bm25")
     qids = [q for q in query_map if q in qrel_map]
     ranked = engine.stage(stage).search([query_map[q] for q in qids], depth)
@@ -189,7 +191,7 @@ def train_reranker_cmd(index_dir: Path, clicks: Path | None, data: DataArgs, bas
             position_weighting=position_weighting, propensities=theta,
             negatives_per_query=negatives_per_query, calibration=calibration, seed=seed)
     else:
-        query_map, qrel_map = _demo_or_given(data)
+        query_map, qrel_map = _demo_or_given(data, index_dir)
 
         # A BM25-only index has no hybrid ranking: BM25 is what its reranker reranks.
         mine_stage = "hybrid" if negatives_from == "hybrid" and engine.encoder else "bm25"
@@ -246,17 +248,11 @@ def train_retriever_cmd(index_dir: Path, clicks: Path | None, data: DataArgs,
     if clicks is not None:
         from shopsearch.training.clicks import read_click_log
 
-        log = read_click_log(clicks)
-        texts = sorted({i.query for i in log})
-        query_map = {f"c{n}": t for n, t in enumerate(texts)}
-        by_text = {t: q for q, t in query_map.items()}
-        positives: dict[str, dict[str, int]] = {}
-        for imp in log:
-            if imp.clicked:
-                positives.setdefault(by_text[imp.query], {})[imp.product_id] = 1
-        qrel_map = positives
+        from shopsearch.training.clicks import clicked_as_judgements, read_click_log
+
+        query_map, qrel_map = clicked_as_judgements(read_click_log(clicks))
     else:
-        query_map, qrel_map = _demo_or_given(data)
+        query_map, qrel_map = _demo_or_given(data, index_dir)
     base = base_model or (engine.index.manifest.encoder or {}).get("name")
     if not base:
         raise SearchError("the index has no dense part; give --base-model")

@@ -609,14 +609,6 @@ TYPES: dict[str, ProductType] = {
                        "{gender} Quartz Watch, {strap}, Minimalist"),
 }
 
-_CJK_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
-
-
-def has_cjk(text: str) -> bool:
-    """True when ``text`` contains a Chinese character (how the demo tells a product's language)."""
-    return _CJK_RE.search(text) is not None
-
-
 def _slots(spec: ProductType) -> list[tuple[str, str]]:
     """``[(attribute key, VOCAB name), ...]`` of a type."""
     out = []

@@ -13,6 +13,7 @@ from typing import Any
 
 from shopsearch import __version__
 from shopsearch.errors import IndexLoadError
+from shopsearch.retrieval.hybrid import DEFAULT_DEPTH
 
 FORMAT_NAME = "shopsearch-index"
 FORMAT_VERSION = 1
@@ -31,6 +32,8 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     reranker: dict[str, Any] | None = None
     catalog_source: str = ""
+    # Candidates each first-stage retriever hands to fusion, whatever k is asked for.
+    candidate_depth: int = DEFAULT_DEPTH
     created: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION

@@ -21,18 +21,22 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from shopsearch.errors import IndexLoadError, SearchError
-from shopsearch.index.catalog import catalog_hash, read_products, write_products
+from shopsearch.files import replace_folder
+from shopsearch.index.catalog import (catalog_hash, read_products, record_to_product,
+                                      write_products)
 from shopsearch.index.manifest import MANIFEST_FILE, Manifest, check_files, file_record
 from shopsearch.retrieval.analysis import Analyzer
 from shopsearch.retrieval.base import Encoder
 from shopsearch.retrieval.bm25 import BM25Index, BM25Params
 from shopsearch.retrieval.dense import build_faiss_index, choose_factory
+from shopsearch.retrieval.filters import FilterIndex
 from shopsearch.retrieval.fusion import FusionConfig
+from shopsearch.retrieval.hybrid import DEFAULT_DEPTH
 from shopsearch.retrieval.types import Product
 
 logger = logging.getLogger(__name__)
@@ -64,31 +68,20 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _swap_in(new: Path, target: Path) -> None:
-    """Move a finished folder into place. An existing ``target`` is renamed aside first and
-    removed only after the new one is in place, so a crash never leaves it half-written."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_index(products: list[Product], target: Path, *, encoder: Encoder | None,
                 analyzer: Analyzer | None = None, bm25_params: BM25Params = BM25Params(),
                 factory: str | None = None, fusion: FusionConfig = FusionConfig(),
                 batch_size: int = 64, show_progress: bool = False, source: str = "",
                 copy_reranker_from: Path | None = None,
+                reranker_record: Mapping[str, Any] | None = None,
+                candidate_depth: int = DEFAULT_DEPTH,
                 on_stage: Callable[[str], None] | None = None) -> BuildSummary:
     """Build a complete index of ``products`` into ``target`` (replacing an index there).
 
     Everything is written into a temporary sibling folder first and renamed into place.
+    ``copy_reranker_from`` stores a fine-tuned reranker folder in the index; a rebuild passes
+    the old manifest's ``reranker_record`` with it, so that what was tuned for that reranker
+    (its blend) survives.
     """
     if not products:
         raise SearchError("cannot build an index of an empty catalogue")
@@ -135,7 +128,7 @@ def build_index(products: list[Product], target: Path, *, encoder: Encoder | Non
         reranker_info = None
         if copy_reranker_from is not None and (copy_reranker_from / "config.json").exists():
             shutil.copytree(copy_reranker_from, tmp / RERANKER_DIR)
-            reranker_info = _reranker_info(tmp / RERANKER_DIR)
+            reranker_info = {**_reranker_info(tmp / RERANKER_DIR), **(reranker_record or {})}
 
         files = {p.name: file_record(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = Manifest(
@@ -143,10 +136,10 @@ def build_index(products: list[Product], target: Path, *, encoder: Encoder | Non
             analyzer=analyzer.config(),
             bm25={**bm25.params_dict(), "vocabulary_size": len(bm25.vocabulary)},
             encoder=encoder_info, faiss=faiss_info, fusion=fusion.to_dict(), files=files,
-            reranker=reranker_info, catalog_source=source,
+            reranker=reranker_info, catalog_source=source, candidate_depth=candidate_depth,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         manifest.write(tmp)
-        _swap_in(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -179,13 +172,27 @@ def update_manifest(folder: Path, **changes: Any) -> Manifest:
     return manifest
 
 
+def check_catalog(index_dir: Path, records: Sequence[Mapping[str, Any]], source: str) -> None:
+    """Refuse judgements or logs whose catalogue is not the one an index was built from: their
+    product ids would point at other products (or none), and every metric would be wrong
+    without an error. ``records`` are catalogue records, as a data set loader returns them."""
+    manifest = Manifest.read(Path(index_dir))
+    products = [record_to_product(dict(r), source, i) for i, r in enumerate(records, start=1)]
+    if catalog_hash(products) != manifest.catalog_sha256:
+        raise SearchError(
+            f"index {index_dir} was built from another catalogue than {source} "
+            f"({manifest.products} products indexed, {len(products)} in the data set; the "
+            f"catalogue hashes differ): its judgements would point at other products. Build "
+            f"the index from the data set's catalogue with `search-cli build-index --catalog`")
+
+
 def install_reranker(index_dir: Path, model_dir: Path) -> Manifest:
     """Copy a fine-tuned reranker folder into an index, replacing any previous one atomically."""
     Manifest.read(index_dir)
     staged = Path(tempfile.mkdtemp(prefix=".reranker.tmp-", dir=index_dir))
     shutil.rmtree(staged)
     shutil.copytree(model_dir, staged)
-    _swap_in(staged, index_dir / RERANKER_DIR)
+    replace_folder(staged, index_dir / RERANKER_DIR)
     return update_manifest(index_dir, reranker=_reranker_info(index_dir / RERANKER_DIR))
 
 
@@ -199,6 +206,14 @@ class SearchIndex:
     bm25: BM25Index
     analyzer: Analyzer
     _faiss: Any = field(default=None, repr=False)
+    _filters: FilterIndex | None = field(default=None, repr=False)
+
+    @property
+    def filters(self) -> FilterIndex:
+        """The catalogue's filterable fields as arrays, compiled on first use."""
+        if self._filters is None:
+            self._filters = FilterIndex(self.products)
+        return self._filters
 
     @property
     def has_dense(self) -> bool:

@@ -12,8 +12,10 @@ a small JSON-serialisable dict next to the model (``to_dict`` / ``load_calibrato
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,8 +41,13 @@ class Calibrator(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+CALIBRATION_FILE = "calibration.json"
+
+
+def sigmoid(x: ArrayLike) -> np.ndarray:
+    """The logistic function, float64; the plain (uncalibrated) logit-to-probability map."""
     # Two-branch form so that neither exp() overflows.
+    x = np.asarray(x, dtype=np.float64)
     out = np.empty_like(x, dtype=np.float64)
     pos = x >= 0
     out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
@@ -78,11 +85,17 @@ def _check_xy(x: ArrayLike, labels: ArrayLike, weights: ArrayLike | None,
     return xs, y, w
 
 
+def bce_with_logits(logits: ArrayLike, labels: ArrayLike) -> np.ndarray:
+    """Per-example binary cross-entropy of ``sigmoid(logit)`` against (soft) ``labels``, in
+    nats, computed from the logit so that it never overflows: ``softplus(u) - y * u``."""
+    u = np.asarray(logits, dtype=np.float64)
+    return np.logaddexp(0.0, u) - np.asarray(labels, dtype=np.float64) * u
+
+
 def _nll_and_grad(u: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
     """Weighted mean BCE of ``sigmoid(u)`` against ``y``, and its derivative w.r.t. ``u``."""
-    loss = np.maximum(u, 0.0) - u * y + np.log1p(np.exp(-np.abs(u)))
     wsum = w.sum()
-    return float(np.dot(w, loss) / wsum), w * (_sigmoid(u) - y) / wsum
+    return float(np.dot(w, bce_with_logits(u, y)) / wsum), w * (sigmoid(u) - y) / wsum
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ class TemperatureScaler:
     temperature: float
 
     def predict_proba(self, logits: ArrayLike) -> np.ndarray:
-        return _sigmoid(_as_1d(logits, "logits") / self.temperature)
+        return sigmoid(_as_1d(logits, "logits") / self.temperature)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "temperature", "temperature": float(self.temperature)}
@@ -114,7 +127,7 @@ class PlattScaler:
     b: float
 
     def predict_proba(self, logits: ArrayLike) -> np.ndarray:
-        return _sigmoid(self.a * _as_1d(logits, "logits") + self.b)
+        return sigmoid(self.a * _as_1d(logits, "logits") + self.b)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "platt", "a": float(self.a), "b": float(self.b)}
@@ -140,6 +153,27 @@ def _number(data: dict[str, Any], key: str) -> float:
 
 
 _CALIBRATORS: dict[str, Any] = {"temperature": TemperatureScaler, "platt": PlattScaler}
+
+
+def read_calibration(model_dir: Path) -> TemperatureScaler | PlattScaler | None:
+    """The calibrator stored beside a model (``calibration.json``), or None if it has none."""
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"not valid JSON ({exc})", path=str(path)) from None
+    try:
+        return load_calibrator(data)
+    except DataError as exc:
+        raise DataError(str(exc), path=str(path)) from None
+
+
+def write_calibration(model_dir: Path, calibrator: Calibrator) -> Path:
+    path = Path(model_dir) / CALIBRATION_FILE
+    path.write_text(json.dumps(calibrator.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def load_calibrator(data: dict[str, Any]) -> TemperatureScaler | PlattScaler:

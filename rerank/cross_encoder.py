@@ -1,8 +1,10 @@
-"""The cross-encoder reranker: scores (query, product text) pairs as click probabilities.
+"""The cross-encoder reranker: one logit per (query, product text) pair, and click
+probabilities from the calibrator stored beside the model (``rerank.calibration``).
 
-The model outputs one logit per pair. A calibrator fitted on held-out clicks
-(``calibration.json`` beside the model, see ``rerank.calibration``) maps logits to click
-probabilities; without one the plain sigmoid is used and the result says it is uncalibrated.
+``score_pairs`` is the one inference path: serving (``CrossEncoderReranker.logits``), the
+trainer's dev evaluation and calibration fitting all call it with the model loaded at the
+pair length it was trained with, so a calibrator is fitted on exactly the logits the engine
+serves.
 """
 
 from __future__ import annotations
@@ -14,11 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from shopsearch.retrieval.types import Hit, sort_hits
-
 logger = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
 DEFAULT_MAX_LENGTH = 128
 
 
@@ -28,7 +27,7 @@ def trained_max_length(model_dir: Path) -> int | None:
     Scoring must truncate pairs as training did: a model trained on the first 32 tokens
     of (query, product text) has never seen the description that a longer cut would add.
     """
-    info = model_dir / "training.json"
+    info = Path(model_dir) / "training.json"
     if not info.is_file():
         return None
     try:
@@ -38,55 +37,55 @@ def trained_max_length(model_dir: Path) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
+def score_pairs(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 32) -> np.ndarray:
+    """Raw logits (no sigmoid) of a loaded ``CrossEncoder``, float64 ``(len(pairs),)``.
+
+    Pairs are truncated to the model's own ``max_length`` (set when it was loaded), longest
+    side first, as the library does for training batches.
+    """
+    import torch
+
+    if not pairs:
+        return np.zeros(0, dtype=np.float64)
+    with torch.inference_mode():
+        logits = model.predict([tuple(p) for p in pairs], batch_size=batch_size,
+                               activation_fn=torch.nn.Identity(), show_progress_bar=False,
+                               convert_to_numpy=True)
+    return np.asarray(logits, dtype=np.float64).reshape(len(pairs))
+
+
 class CrossEncoderReranker:
-    """Implements the ``Reranker`` interface over a sentence-transformers ``CrossEncoder``."""
+    """Implements the ``Reranker`` interface over a sentence-transformers ``CrossEncoder``
+    folder (with its optional ``calibration.json`` and ``training.json``)."""
 
     def __init__(self, model: str | Path, *, max_length: int | None = None, batch_size: int = 32,
                  device: str = "cpu") -> None:
         from shopsearch.models.registry import load_cross_encoder
+        from shopsearch.rerank.calibration import read_calibration
 
         self.name = str(model)
         if max_length is None:
             max_length = trained_max_length(Path(model)) or DEFAULT_MAX_LENGTH
         self.max_length = max_length
-        self._model = load_cross_encoder(str(model), max_length=max_length)
-        self._model.to(device)
+        self._model = load_cross_encoder(str(model), max_length=max_length, device=device)
         self.batch_size = batch_size
-        self.calibrator: Any = None
-        calibration = Path(model) / CALIBRATION_FILE
-        if calibration.is_file():
-            from shopsearch.rerank.calibration import load_calibrator
-
-            self.calibrator = load_calibrator(json.loads(calibration.read_text("utf-8")))
+        self.calibrator = read_calibration(Path(model))
 
     @property
     def calibrated(self) -> bool:
         return self.calibrator is not None
 
-    def predict_logits(self, query: str, texts: Sequence[str]) -> np.ndarray:
-        """Raw logits, shape ``(len(texts),)``."""
-        import torch
+    def pair_logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Logits of arbitrary (query, text) pairs, shape ``(len(pairs),)``."""
+        return score_pairs(self._model, pairs, self.batch_size)
 
-        if not texts:
-            return np.zeros(0, dtype=np.float32)
-        with torch.inference_mode():
-            logits = self._model.predict([(query, t) for t in texts], batch_size=self.batch_size,
-                                         activation_fn=torch.nn.Identity(),
-                                         show_progress_bar=False, convert_to_numpy=True)
-        return np.asarray(logits, dtype=np.float64).reshape(len(texts))
+    def logits(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """Logits of ``query`` against each text, shape ``(len(texts),)``."""
+        return self.pair_logits([(query, t) for t in texts])
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        from shopsearch.rerank.calibration import sigmoid
+
         if self.calibrator is not None:
             return np.asarray(self.calibrator.predict_proba(logits), dtype=np.float64)
-        return 1.0 / (1.0 + np.exp(-logits))
-
-    def rerank(self, query: str, hits: list[Hit], texts: Sequence[str]) -> list[Hit]:
-        """Re-score ``hits`` (with their product ``texts``) by click probability; each hit's
-        scores keep the raw ``click_logit`` too, for blending with the fused score."""
-        if len(hits) != len(texts):
-            raise ValueError(f"got {len(hits)} hits but {len(texts)} texts")
-        logits = self.predict_logits(query, texts)
-        probs = self.probabilities(logits)
-        return sort_hits([Hit(h.product_id, float(p), {**h.scores, "click_probability": float(p),
-                                                       "click_logit": float(x)})
-                          for h, p, x in zip(hits, probs, logits)])
+        return sigmoid(logits)

@@ -85,6 +85,23 @@ def engine(built_index, keyword_encoder):
     return SearchEngine(load_index(built_index), encoder=keyword_encoder, depth=20)
 
 
+@pytest.fixture
+def keyword_models(monkeypatch):
+    """Let ``SearchEngine.open`` (and so the CLI) load an index built with the fake keyword
+    encoder, through the real manifest checks: only the model loader is replaced."""
+    from shopsearch.index import encoder as index_encoder
+
+    real = index_encoder.load_index_encoder
+
+    def load(index, identity=None, loader=None):
+        if (index.manifest.encoder or {}).get("name") != KeywordEncoder.name:
+            return real(index, identity, loader)
+        return real(index, identity=lambda name: {"name": name, "revision": "test"},
+                    loader=lambda name, max_length=128: KeywordEncoder())
+
+    monkeypatch.setattr(index_encoder, "load_index_encoder", load)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SHOPSEARCH_CACHE", os.environ.get(

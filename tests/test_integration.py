@@ -25,14 +25,14 @@ def test_e5_dense_stage_alone_ranks_summer_dresses_first(e5_index):
 
     engine = SearchEngine.open(e5_index)
     assert engine.index.manifest.encoder["name"] == "e5-small"
-    dense = [h.product_id for h in engine.dense_search(["夏季连衣裙"], 12)[0]]
+    dense = [h.product_id for h in engine.stage("dense").search(["夏季连衣裙"], 12)[0]]
     assert dense[:2] == ["p01", "p03"]  # the two Chinese dresses, summer first
-    english = [h.product_id for h in engine.dense_search(["summer dress"], 12)[0]]
+    english = [h.product_id for h in engine.stage("dense").search(["summer dress"], 12)[0]]
     assert english[0] == "p02"
     # Zero-shot e5 prefers same-language products, yet still reaches across languages to the
     # Chinese summer dress (whose title shares no word with the query).
     assert "p01" in english[:4]
-    beds = [h.product_id for h in engine.dense_search(["king poster bed"], 2)[0]]
+    beds = [h.product_id for h in engine.stage("dense").search(["king poster bed"], 2)[0]]
     assert beds[0] == "p05"
 
 

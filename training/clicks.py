@@ -206,3 +206,18 @@ def click_labels(impressions: Sequence[Impression], *,
         c[1] += 1
     return [(q, pid, clicks / shown, pos)
             for (q, pid, pos), (clicks, shown) in sorted(counts.items())]
+
+
+def clicked_as_judgements(impressions: Sequence[Impression]
+                          ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """A click log as judged queries: each distinct query text gets an id (``c0``, ``c1``, ...
+    in text order) and every product clicked for it grade 1, so that the bi-encoder trainer
+    can read a log like graded judgements. Queries without a click get no judgements."""
+    texts = sorted({i.query for i in impressions})
+    queries = {f"c{n}": text for n, text in enumerate(texts)}
+    id_of = {text: qid for qid, text in queries.items()}
+    qrels: dict[str, dict[str, int]] = {}
+    for imp in impressions:
+        if imp.clicked:
+            qrels.setdefault(id_of[imp.query], {})[imp.product_id] = 1
+    return queries, qrels

@@ -21,12 +21,9 @@ import numpy as np
 from shopsearch.errors import DataError
 from shopsearch.training.clicks import Impression
 from shopsearch.training.reranker import (PairExample, RerankerTrainingConfig,
-                                          build_pairs_from_qrels, predict_logits,
-                                          train_cross_encoder)
+                                          build_pairs_from_qrels, train_cross_encoder)
 
 logger = logging.getLogger(__name__)
-
-CALIBRATION_FILE = "calibration.json"
 
 
 def split_queries(query_ids: Sequence[str], fractions: tuple[float, float, float] | None = None,
@@ -60,27 +57,33 @@ class CalibrationReport:
 
 
 def calibrate(model_dir: Path, dev: Sequence[PairExample], test: Sequence[PairExample], *,
-              method: str = "platt", max_length: int = 128) -> CalibrationReport:
+              method: str = "platt") -> CalibrationReport:
     """Fit a calibrator on ``dev`` pairs, measure log loss and ECE on ``test`` pairs before
-    (plain sigmoid) and after, and store it as ``calibration.json`` beside the model."""
+    (plain sigmoid) and after, and store it as ``calibration.json`` beside the model.
+
+    The logits come from the saved folder loaded as the engine loads it
+    (``CrossEncoderReranker``: same pair length, same scorer), so the calibrator is fitted
+    on exactly the scores that are served.
+    """
     from shopsearch.rerank.calibration import (expected_calibration_error, fit_platt,
-                                               fit_temperature, log_loss, reliability_table)
+                                               fit_temperature, log_loss, reliability_table,
+                                               sigmoid, write_calibration)
+    from shopsearch.rerank.cross_encoder import CrossEncoderReranker
 
     if not dev or not test:
         raise DataError("calibration needs held-out dev and test pairs")
     fit = {"platt": fit_platt, "temperature": fit_temperature}.get(method)
     if fit is None:
         raise ValueError(f"unknown calibration {method!r}; use 'platt' or 'temperature'")
-    dev_logits = predict_logits(model_dir, [(e.query, e.text) for e in dev], max_length=max_length)
-    test_logits = predict_logits(model_dir, [(e.query, e.text) for e in test],
-                                 max_length=max_length)
+    served = CrossEncoderReranker(model_dir, batch_size=64)
+    dev_logits = served.pair_logits([(e.query, e.text) for e in dev])
+    test_logits = served.pair_logits([(e.query, e.text) for e in test])
     dev_y, dev_w = np.array([e.label for e in dev]), np.array([e.weight for e in dev])
     test_y, test_w = np.array([e.label for e in test]), np.array([e.weight for e in test])
     calibrator = fit(dev_logits, dev_y, dev_w)
-    before = 1 / (1 + np.exp(-test_logits.astype(np.float64)))
+    before = sigmoid(test_logits)
     after = calibrator.predict_proba(test_logits)
-    (Path(model_dir) / CALIBRATION_FILE).write_text(
-        json.dumps(calibrator.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_calibration(Path(model_dir), calibrator)
     return CalibrationReport(
         method=method, parameters=calibrator.to_dict(), dev_pairs=len(dev), test_pairs=len(test),
         test_log_loss_before=log_loss(before, test_y, test_w),
@@ -196,7 +199,7 @@ def train_reranker_from_clicks(impressions: Sequence[Impression], product_text: 
     train += sampled_negatives(sorted(train_q), sorted(product_text), product_text, shown,
                                negatives_per_query, seed)
     result = train_cross_encoder(base_model, train, dev, out_dir, config, overwrite=True)
-    report = calibrate(out_dir, dev, test, method=calibration, max_length=config.max_length)
+    report = calibrate(out_dir, dev, test, method=calibration)
     _record_recipe(out_dir, {"trained_on": "click log", "position_weighting": position_weighting,
                              "propensities": None if theta is None else [float(x) for x in theta],
                              "base_model": base_model,
@@ -233,7 +236,7 @@ def train_reranker_from_qrels(queries: Mapping[str, str], qrels: Mapping[str, Ma
 
     train, dev, test = pairs_for(train_q), pairs_for(dev_q), pairs_for(test_q)
     result = train_cross_encoder(base_model, train, dev, out_dir, config, overwrite=True)
-    report = calibrate(out_dir, dev, test, method=calibration, max_length=config.max_length)
+    report = calibrate(out_dir, dev, test, method=calibration)
     _record_recipe(out_dir, {"trained_on": "graded judgements", "base_model": base_model,
                              "held_out_queries": sorted(dev_q | test_q)})
     return RerankerRecipeResult(out_dir, None, len(train), result.history, result.best_epoch,
@@ -273,25 +276,26 @@ def simulate_click_log(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str
     return log
 
 
-def _mrr_at_10(model: Any, queries: Sequence[str], positives: Sequence[set[str]],
+def _mrr_at_10(model: Any, queries: Mapping[str, str], positives: Mapping[str, set[str]],
                corpus_ids: list[str], corpus_texts: list[str]) -> float:
-    """MRR@10 of exact search over a sampled corpus, with the model's own prompts."""
+    """MRR@10 (``benchmarks.metrics``) of exact search over a sampled corpus, with the
+    model's own prompts."""
     import torch
 
+    from shopsearch.benchmarks.metrics import evaluate
+
+    qids = list(queries)
     prompts = getattr(model, "prompts", {}) or {}
     with torch.inference_mode():
         docs = model.encode(corpus_texts, prompt=prompts.get("document", ""), batch_size=128,
                             normalize_embeddings=True, convert_to_numpy=True)
-        qs = model.encode(list(queries), prompt=prompts.get("query", ""), batch_size=128,
-                          normalize_embeddings=True, convert_to_numpy=True)
-    top = np.argsort(-(qs @ docs.T), axis=1)[:, :10]
-    total = 0.0
-    for row, relevant in zip(top, positives):
-        for rank, col in enumerate(row, start=1):
-            if corpus_ids[col] in relevant:
-                total += 1.0 / rank
-                break
-    return total / max(1, len(positives))
+        qs = model.encode([queries[q] for q in qids], prompt=prompts.get("query", ""),
+                          batch_size=128, normalize_embeddings=True, convert_to_numpy=True)
+    scores = qs @ docs.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    run = {q: {corpus_ids[c]: float(scores[i, c]) for c in top[i]} for i, q in enumerate(qids)}
+    qrels = {q: {pid: 1 for pid in positives[q]} for q in qids}
+    return evaluate(qrels, run, ["MRR@10"])[1]["MRR@10"]
 
 
 def train_retriever(engine: Any, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
@@ -317,7 +321,7 @@ def train_retriever(engine: Any, queries: Mapping[str, str], qrels: Mapping[str,
     train_q |= test_q
 
     def bm25_ids(texts: list[str], k: int) -> list[list[str]]:
-        return [[h.product_id for h in hits] for hits in engine.bm25_search(texts, k)]
+        return [[h.product_id for h in hits] for hits in engine.stage("bm25").search(texts, k)]
 
     train_pos = {q: positives[q] for q in sorted(train_q)}
     negatives = mine_hard_negatives(queries, train_pos, bm25_ids, per_query=hard_negatives,
@@ -332,8 +336,8 @@ def train_retriever(engine: Any, queries: Mapping[str, str], qrels: Mapping[str,
     corpus_texts = [product_text[pid] for pid in corpus_ids]
 
     def dev_eval(model: Any) -> dict[str, float]:
-        return {"dev_mrr@10": _mrr_at_10(model, [queries[q] for q in dev_ids],
-                                         [positives[q] for q in dev_ids], corpus_ids,
+        return {"dev_mrr@10": _mrr_at_10(model, {q: queries[q] for q in dev_ids},
+                                         {q: positives[q] for q in dev_ids}, corpus_ids,
                                          corpus_texts)}
 
     base = str(resolve_model(base_model).path or base_model)
@@ -355,16 +359,19 @@ def train_retriever(engine: Any, queries: Mapping[str, str], qrels: Mapping[str,
 
 def rebuild_dense(engine: Any, model_dir: Path, index_dir: Path) -> dict[str, Any]:
     """Rebuild an index with a new bi-encoder, keeping its catalogue, FAISS factory, fusion
-    setting and reranker (atomically, like any build)."""
+    setting, candidate depth and reranker with its tuned blend (atomically, like any build)."""
     from shopsearch.index.store import build_index
     from shopsearch.retrieval.encoders import SentenceTransformerEncoder
     from shopsearch.retrieval.fusion import FusionConfig
 
     manifest = engine.index.manifest
+    reranker_path = engine.index.reranker_path
     summary = build_index(engine.index.products, index_dir,
                           encoder=SentenceTransformerEncoder(str(model_dir)),
                           factory=(manifest.faiss or {}).get("factory"),
                           fusion=FusionConfig.from_dict(manifest.fusion),
-                          copy_reranker_from=engine.index.reranker_path,
+                          candidate_depth=manifest.candidate_depth,
+                          copy_reranker_from=reranker_path,
+                          reranker_record=manifest.reranker if reranker_path else None,
                           source=manifest.catalog_source, show_progress=True)
     return summary.to_dict()

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from shopsearch.errors import DataError, ModelError
-from shopsearch.training.reranker import (
+from shopsearch.files import write_folder
+from shopsearch.training.common import (
     check_out_dir,
     library_versions,
     make_optimizer,
     optimizer_step,
-    save_into_place,
     seed_everything,
     write_training_json,
 )
@@ -219,5 +219,5 @@ def pretrain_mlm(base_model: str | Path, texts: list[str], out_dir: Path, *, epo
         st_model.save(str(folder), create_model_card=False)
         write_training_json(folder, manifest)
 
-    save_into_place(out_dir, write)
+    write_folder(out_dir, write)
     return report

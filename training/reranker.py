@@ -13,8 +13,9 @@ and reuses the library for everything else: ``CrossEncoder.preprocess`` / forwar
 tokenisation and scoring, ``CrossEncoder.save`` for the folder, transformers' scheduler.
 
 Conventions:
-- Logits are raw (before the sigmoid). ``predict_logits`` returns them; the engine applies its
-  calibrator (temperature / Platt) on top to get a click probability.
+- Logits are raw (before the sigmoid), scored by ``rerank.cross_encoder.score_pairs``, the
+  engine's own inference path; the engine applies its calibrator (temperature / Platt) on
+  top to get a click probability.
 - The weighted loss is self-normalised: ``sum(w * bce) / sum(w)`` over a batch (SNIPS-style);
   an example of weight 0 therefore has exactly no effect on the batch's loss or gradients.
 - Dev metrics: weighted log loss (same formula over the whole dev set) and weighted ROC AUC of
@@ -23,18 +24,20 @@ Conventions:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shopsearch.errors import DataError
+from shopsearch.files import write_folder
+from shopsearch.training.common import (EarlyStopper, TrainingResult, check_out_dir,
+                                        library_versions, make_optimizer, optimizer_step,
+                                        seed_everything, snapshot_state, write_training_json)
 
 logger = logging.getLogger(__name__)
 
@@ -77,26 +80,6 @@ class PairExample:
     weight: float = 1.0
 
 
-@dataclass
-class TrainingResult:
-    """What a training run produced.
-
-    ``history`` has one dict per epoch (``epoch``, ``train_loss``, ``dev_log_loss``,
-    ``dev_auc``); epoch 0 is the model before training (``train_loss`` None). Metrics not
-    measured (no dev set, single-class dev for AUC) are NaN here and null in training.json. ``best_epoch`` (>= 1) is the epoch whose weights were saved.
-    ``dev_logits`` (shape ``(n_dev,)``) are the saved model's raw logits on the dev pairs and
-    ``dev_labels`` their targets, ready for fitting a calibrator. Both are None for the
-    bi-encoder, whose dev evaluation is a callable.
-    """
-
-    out_dir: Path
-    history: list[dict[str, Any]]
-    best_epoch: int
-    dev_logits: np.ndarray | None = None
-    dev_labels: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 # --------------------------------------------------------------------------------------------
 # Loss and metrics
 
@@ -123,14 +106,12 @@ def weighted_bce_with_logits(logits: Any, labels: Any, weights: Any) -> Any:
 
 def weighted_log_loss(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
     """``sum(w * bce(sigmoid(logit), label)) / sum(w)`` in nats, computed stably from logits."""
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.float64)
+    from shopsearch.rerank.calibration import bce_with_logits
+
     weights = np.asarray(weights, dtype=np.float64)
     if weights.sum() <= 0:
         return float("nan")
-    # bce(x, y) = softplus(x) - y * x, and softplus(x) = logaddexp(0, x) never overflows.
-    per_example = np.logaddexp(0.0, logits) - labels * logits
-    return float((weights * per_example).sum() / weights.sum())
+    return float((weights * bce_with_logits(logits, labels)).sum() / weights.sum())
 
 
 def weighted_auc(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
@@ -145,149 +126,6 @@ def weighted_auc(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) ->
     return float(roc_auc_score(binary[kept], np.asarray(logits)[kept], sample_weight=weights[kept]))
 
 
-class EarlyStopper:
-    """Tracks the best (lowest) value; ``update`` returns (improved, should_stop).
-
-    Stops once ``patience`` updates in a row failed to improve, as Keras and the transformers
-    callback do. ``patience=None`` never stops.
-    """
-
-    def __init__(self, patience: int | None, min_delta: float = 0.0) -> None:
-        self.patience = patience
-        self.min_delta = min_delta
-        self.best = math.inf
-        self.bad_updates = 0
-
-    def update(self, value: float) -> tuple[bool, bool]:
-        # NaN never improves, so a diverged run keeps its last good weights.
-        if value == value and value < self.best - self.min_delta:
-            self.best = value
-            self.bad_updates = 0
-            return True, False
-        self.bad_updates += 1
-        return False, self.patience is not None and self.bad_updates >= self.patience
-
-
-# --------------------------------------------------------------------------------------------
-# Shared helpers (the bi-encoder and MLM loops use them too)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (the new classifier head's init and dropout depend on it)."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_optimizer(model: Any, learning_rate: float, weight_decay: float, total_steps: int,
-                   warmup_ratio: float) -> tuple[Any, Any]:
-    """AdamW (no decay on biases and LayerNorm weights) with linear warm-up then linear decay."""
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=learning_rate,
-        foreach=True,  # batched over tensors: the default per-tensor loop is slow on CPU
-    )
-    warmup_steps = int(math.ceil(warmup_ratio * total_steps))
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, 1))
-    return optimizer, scheduler
-
-
-def optimizer_step(model: Any, loss: Any, optimizer: Any, scheduler: Any) -> None:
-    """One update: backward, gradient norm clipped at 1, AdamW step, schedule step."""
-    import torch
-
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    scheduler.step()
-
-
-def snapshot_state(model: Any) -> dict[str, Any]:
-    """A detached copy of the weights, to restore the best epoch without writing to disk."""
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-
-
-def library_versions() -> dict[str, str]:
-    import sentence_transformers
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "sentence_transformers": sentence_transformers.__version__}
-
-
-def write_training_json(out_dir: Path, payload: Mapping[str, Any]) -> None:
-    """``training.json``: the run's manifest (config, history, data sizes, library versions)."""
-    (Path(out_dir) / "training.json").write_text(
-        json.dumps(_finite(payload), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False) + "\n",
-        encoding="utf-8")
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null: strict JSON has no spelling for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def check_out_dir(out_dir: Path, overwrite: bool) -> Path:
-    """Fail before training, not after, when ``out_dir`` holds something and may not be replaced."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise DataError(f"{out_dir} already exists and is not empty: choose another folder or pass overwrite=True")
-    return out_dir
-
-
-def save_into_place(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(folder)`` on a fresh sibling folder, then swap it in for ``out_dir``.
-
-    A crash while writing leaves any previous ``out_dir`` intact and no half-written model.
-    """
-    import shutil
-    import tempfile
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        write(staging)
-        if out_dir.is_dir():
-            shutil.rmtree(out_dir)
-        elif out_dir.exists():
-            out_dir.unlink()
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-# --------------------------------------------------------------------------------------------
-# Cross-encoder
-
-
 def _check_examples(examples: Sequence[PairExample], name: str) -> None:
     for i, ex in enumerate(examples):
         if not (0.0 <= float(ex.label) <= 1.0):
@@ -297,44 +135,12 @@ def _check_examples(examples: Sequence[PairExample], name: str) -> None:
                             field="weight")
 
 
-def load_cross_encoder(base_model: str | Path, *, max_length: int | None = None, dropout: float | None = None,
-                       num_labels: int = 1, device: str | None = None) -> Any:
-    """The registry's loader (a built-in name, folder or hub id; a bi-encoder or plain BERT folder
-    gets a new head), with this module's keyword order."""
-    from shopsearch.models.registry import load_cross_encoder as registry_load
-
-    return registry_load(str(base_model), num_labels=num_labels, max_length=max_length,
-                         device=device, dropout=dropout)
-
-
 def _pair_logits(model: Any, pairs: Sequence[tuple[str, str]]) -> Any:
     """Forward a batch of pairs with gradients; returns logits ``(B,)``."""
     from sentence_transformers.util import batch_to_device
 
     features = batch_to_device(model.preprocess(list(pairs)), model.device)
     return model(features)["scores"].view(-1)  # (B, 1) -> (B,)
-
-
-def predict_logits(model_dir_or_model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 64,
-                   max_length: int | None = None, *, device: str | None = None) -> np.ndarray:
-    """Raw logits (no sigmoid), float32 array ``(len(pairs),)``, in the order of ``pairs``.
-
-    ``model_dir_or_model`` is a CrossEncoder folder (or hub id) or a loaded ``CrossEncoder``;
-    ``max_length`` truncates each (query, text) pair to that many tokens (None: the model's own).
-    """
-    import torch
-
-    if not pairs:
-        return np.zeros(0, dtype=np.float32)
-    model = model_dir_or_model
-    if isinstance(model_dir_or_model, (str, Path)):
-        model = load_cross_encoder(model_dir_or_model, max_length=max_length, device=device)
-    kwargs: dict[str, Any] = {}
-    if max_length is not None:
-        kwargs["processing_kwargs"] = {"text": {"max_length": int(max_length), "truncation": "longest_first"}}
-    logits = model.predict([tuple(p) for p in pairs], batch_size=batch_size, activation_fn=torch.nn.Identity(),
-                           show_progress_bar=False, convert_to_numpy=True, **kwargs)
-    return np.asarray(logits, dtype=np.float32).reshape(len(pairs))
 
 
 def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], dev: Sequence[PairExample],
@@ -353,6 +159,9 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
     import torch
     from tqdm.auto import tqdm
 
+    from shopsearch.models.registry import load_cross_encoder
+    from shopsearch.rerank.cross_encoder import score_pairs
+
     config = config or RerankerTrainingConfig()
     if num_labels != 1:
         raise ValueError("only num_labels=1 is supported: the loss is binary cross-entropy on one logit")
@@ -365,7 +174,8 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
     out_dir = check_out_dir(out_dir, overwrite)
 
     seed_everything(config.seed)
-    model = load_cross_encoder(base_model, max_length=config.max_length, dropout=config.dropout, device=device)
+    model = load_cross_encoder(str(base_model), max_length=config.max_length, dropout=config.dropout,
+                               device=device)
     if config.freeze_embeddings:
         model.model.get_input_embeddings().weight.requires_grad_(False)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
@@ -377,7 +187,8 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
     dev_weights = np.array([ex.weight for ex in dev], dtype=np.float64)
 
     def evaluate() -> tuple[np.ndarray, float, float]:
-        logits = predict_logits(model, dev_pairs, batch_size=max(config.batch_size, 64))
+        # The serving path's own scorer, at the pair length the model was loaded with.
+        logits = score_pairs(model, dev_pairs, batch_size=max(config.batch_size, 64))
         return logits, weighted_log_loss(logits, dev_labels, dev_weights), weighted_auc(logits, dev_labels, dev_weights)
 
     history: list[dict[str, Any]] = []
@@ -459,7 +270,7 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
         model.save(str(folder), create_model_card=False)
         write_training_json(folder, manifest)
 
-    save_into_place(out_dir, write)
+    write_folder(out_dir, write)
     return TrainingResult(out_dir=out_dir, history=history, best_epoch=best_epoch, dev_logits=best_logits,
                           dev_labels=dev_labels if dev else None)
 

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 
 from shopsearch.errors import DataError, ModelError
-from shopsearch.training.reranker import (
+from shopsearch.files import write_folder
+from shopsearch.training.common import (
     TrainingResult,
     check_out_dir,
     library_versions,
     make_optimizer,
     optimizer_step,
-    save_into_place,
     seed_everything,
     snapshot_state,
     write_training_json,
@@ -356,6 +356,6 @@ def train_bi_encoder(base_model: str | Path, train: Sequence[BiEncoderExample],
         model.save(str(folder), create_model_card=False)
         write_training_json(folder, manifest)
 
-    save_into_place(out_dir, write)
+    write_folder(out_dir, write)
     return TrainingResult(out_dir=out_dir, history=history, best_epoch=best_epoch,
                           extra={"prompts": {"query": prompts[0], "document": prompts[1]}})

@@ -8,8 +8,10 @@ import re
 
 import pytest
 
+from shopsearch.retrieval.analysis import contains_cjk
+
 from shopsearch.demo.catalog import (
-    CATEGORIES, TYPES, VOCAB, generate_catalog, has_cjk, product_facets, write_catalog_jsonl,
+    CATEGORIES, TYPES, VOCAB, generate_catalog, product_facets, write_catalog_jsonl,
 )
 from shopsearch.errors import DataError
 from shopsearch.retrieval.types import Product
@@ -63,12 +65,12 @@ def test_n_products_is_respected_and_checked():
 
 
 def test_both_languages_in_substantial_proportions(catalog):
-    zh = [p for p in catalog if has_cjk(p.title)]
+    zh = [p for p in catalog if contains_cjk(p.title)]
     assert 0.4 <= len(zh) / len(catalog) <= 0.6
     # The language a product was generated in is the language of its title and category.
     for p in catalog:
         lang = product_facets(p)["lang"]
-        assert has_cjk(p.title) == (lang == "zh") == has_cjk(p.category)
+        assert contains_cjk(p.title) == (lang == "zh") == contains_cjk(p.category)
     # Mixed titles: Latin brands, models and sizes inside Chinese titles.
     mixed = [p for p in zh if re.search("[A-Za-z]", p.title)]
     assert len(mixed) >= 0.2 * len(zh)

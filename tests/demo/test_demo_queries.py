@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shopsearch.demo.catalog import TYPES, VOCAB, _slots, generate_catalog, has_cjk, product_facets
+from shopsearch.retrieval.analysis import contains_cjk
+
+from shopsearch.demo.catalog import TYPES, VOCAB, _slots, generate_catalog, product_facets
 from shopsearch.demo.queries import (
     QUERY_RULES, demo_qrels, demo_queries, write_qrels_trec, write_queries_tsv,
 )
@@ -26,10 +28,10 @@ def test_queries_are_many_unique_and_bilingual():
     queries = demo_queries()
     assert len(queries) >= 40
     assert len({q for q, _ in queries}) == len(queries)
-    zh = [q for _, q in queries if has_cjk(q)]
+    zh = [q for _, q in queries if contains_cjk(q)]
     assert 0.4 <= len(zh) / len(queries) <= 0.6
     # The id prefix names the query language.
-    assert all(has_cjk(text) == qid.startswith("zh") for qid, text in queries)
+    assert all(contains_cjk(text) == qid.startswith("zh") for qid, text in queries)
     for must in ("夏季连衣裙", "实木双人床", "床头柜", "蓝牙耳机", "不粘锅", "儿童玩具", "跑步鞋男",
                  "king poster bed", "summer dress", "queen platform bed", "cordless drill"):
         assert must in {q for _, q in queries}
@@ -157,7 +159,7 @@ def test_training_queries_are_judged_by_facets_and_disjoint_from_demo_queries(ca
     queries, qrels = training_queries(catalog, n_queries=200, seed=3)
     assert len(queries) == 200 and set(qrels) == set(queries)
     assert not set(queries.values()) & {text for _, text in demo_queries()}
-    assert any(has_cjk(t) for t in queries.values()) and any(not has_cjk(t) for t in queries.values())
+    assert any(contains_cjk(t) for t in queries.values()) and any(not contains_cjk(t) for t in queries.values())
     facets = {p.id: product_facets(p) for p in catalog}
     for qid, judged in qrels.items():
         _, _, type_key, facet1, facet2 = qid.split(":")

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from shopsearch.errors import DataError
+from shopsearch.models.registry import load_cross_encoder
+from shopsearch.rerank.cross_encoder import CrossEncoderReranker
 from shopsearch.training.reranker import (
     EarlyStopper,
     PairExample,
     RerankerTrainingConfig,
     build_pairs_from_clicks,
     build_pairs_from_qrels,
-    load_cross_encoder,
-    predict_logits,
     train_cross_encoder,
     weighted_auc,
     weighted_bce_with_logits,
@@ -216,13 +216,17 @@ def test_training_lowers_dev_log_loss_and_raises_auc(trained):
         best["dev_log_loss"], rel=1e-5)
 
 
-def test_saved_model_reloads_with_identical_predictions(trained):
+def test_served_logits_are_the_logits_training_evaluated(trained):
+    """The engine's reranker, loaded from the saved folder as `query` loads it (pair length
+    from training.json), scores the dev pairs exactly as training's dev evaluation did: the
+    calibrator, fitted on such logits, is fitted on the served scores."""
     from sentence_transformers import CrossEncoder
 
     result, dev = trained
     pairs = [(p.query, p.text) for p in dev]
-    reloaded = predict_logits(result.out_dir, pairs, batch_size=5, max_length=32)
-    np.testing.assert_allclose(reloaded, result.dev_logits, atol=1e-5)
+    served = CrossEncoderReranker(result.out_dir, batch_size=5)
+    assert served.max_length == 32
+    np.testing.assert_allclose(served.pair_logits(pairs), result.dev_logits, atol=1e-5)
     # The folder is a standard CrossEncoder whose default activation is the sigmoid.
     probs = CrossEncoder(str(result.out_dir)).predict(pairs, show_progress_bar=False)
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-result.dev_logits)), atol=1e-5)
@@ -253,7 +257,7 @@ def test_early_stopping_restores_the_best_epoch(minilm, tmp_path):
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert losses[2] > losses[1]
     assert result.best_epoch == 1
-    saved = predict_logits(result.out_dir, [(p.query, p.text) for p in dev], max_length=32)
+    saved = CrossEncoderReranker(result.out_dir).pair_logits([(p.query, p.text) for p in dev])
     assert weighted_log_loss(saved, np.array([p.label for p in dev]), np.ones(len(dev))) == pytest.approx(
         losses[1], rel=1e-5)
     assert json.loads((result.out_dir / "training.json").read_text())["stopped_early"] is True
@@ -271,7 +275,7 @@ def test_zero_weights_leave_the_model_unchanged(minilm, tmp_path):
 def test_dropout_override_reaches_the_model(minilm):
     import torch
 
-    model = load_cross_encoder(minilm, dropout=0.25, max_length=32)
+    model = load_cross_encoder(str(minilm), dropout=0.25, max_length=32)
     assert model.model.config.hidden_dropout_prob == 0.25
     assert model.model.config.attention_probs_dropout_prob == 0.25
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
