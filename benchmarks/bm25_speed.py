@@ -41,21 +41,24 @@ def vocabulary(language: str, data: Path, limit: int = 20000) -> list[str]:
     return [t for t, _ in sorted(counts.items(), key=lambda kv: -kv[1])][:limit]
 
 
-def synthetic(vocab: list[str], n_docs: int, n_queries: int, seed: int = 0
-              ) -> tuple[list[list[str]], list[list[str]]]:
+def synthetic(
+    vocab: list[str], n_docs: int, n_queries: int, seed: int = 0
+) -> tuple[list[list[str]], list[list[str]]]:
     rng = np.random.default_rng(seed)
     ranks = np.arange(1, len(vocab) + 1)
-    p = 1.0 / ranks ** 1.05
+    p = 1.0 / ranks**1.05
     p /= p.sum()
     lengths = rng.integers(6, 16, size=n_docs)
     ids = rng.choice(len(vocab), size=int(lengths.sum()), p=p)
     docs, start = [], 0
     for length in lengths:
-        docs.append([vocab[i] for i in ids[start:start + length]])
+        docs.append([vocab[i] for i in ids[start : start + length]])
         start += length
     # Queries mix head and torso terms, as shopper queries do.
-    queries = [[vocab[int(i)] for i in rng.choice(len(vocab) // 4, size=int(rng.integers(2, 5)))]
-               for _ in range(n_queries)]
+    queries = [
+        [vocab[int(i)] for i in rng.choice(len(vocab) // 4, size=int(rng.integers(2, 5)))]
+        for _ in range(n_queries)
+    ]
     return docs, queries
 
 
@@ -72,10 +75,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--languages", default="en,zh")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--rank-bm25-queries", type=int, default=20,
-                        help="rank-bm25 scores every document per query, so fewer queries.")
-    parser.add_argument("--rank-bm25-max", type=int, default=100000,
-                        help="Skip rank-bm25 above this many documents (build takes minutes).")
+    parser.add_argument(
+        "--rank-bm25-queries",
+        type=int,
+        default=20,
+        help="rank-bm25 scores every document per query, so fewer queries.",
+    )
+    parser.add_argument(
+        "--rank-bm25-max",
+        type=int,
+        default=100000,
+        help="Skip rank-bm25 above this many documents (build takes minutes).",
+    )
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
 
@@ -90,14 +101,15 @@ def main() -> None:
             t0 = time.perf_counter()
             ours = BM25Index.build(docs)
             build_ours = time.perf_counter() - t0
-            ms_ours = time_per_query(lambda q: ours.top_k(q, 10), queries)
+            ms_ours = time_per_query(lambda q, ours=ours: ours.top_k(q, 10), queries)
 
             t0 = time.perf_counter()
             other = bm25s.BM25()
             other.index(docs, show_progress=False)
             build_bm25s = time.perf_counter() - t0
             ms_bm25s = time_per_query(
-                lambda q: other.retrieve([q], k=10, show_progress=False), queries)
+                lambda q, other=other: other.retrieve([q], k=10, show_progress=False), queries
+            )
 
             ms_rank = build_rank = float("nan")
             if size <= args.rank_bm25_max:
@@ -106,20 +118,31 @@ def main() -> None:
                 build_rank = time.perf_counter() - t0
                 few = queries[: args.rank_bm25_queries]
                 ms_rank = time_per_query(
-                    lambda q: np.argpartition(-reference.get_scores(q), 10)[:10], few)
-            rows.append((language, size, ms_ours, ms_bm25s, ms_rank, build_ours, build_bm25s,
-                         build_rank))
+                    lambda q, reference=reference: np.argpartition(-reference.get_scores(q), 10)[
+                        :10
+                    ],
+                    few,
+                )
+            rows.append(
+                (language, size, ms_ours, ms_bm25s, ms_rank, build_ours, build_bm25s, build_rank)
+            )
             print(f"done {language} {size}", flush=True)
 
-    print("\n| lang | products | shopsearch ms/query | bm25s ms/query | rank-bm25 ms/query "
-          "| rank-bm25 / shopsearch | bm25s / shopsearch | build s (ours / bm25s / rank-bm25) |")
+    print(
+        "\n| lang | products | shopsearch ms/query | bm25s ms/query | rank-bm25 ms/query "
+        "| rank-bm25 / shopsearch | bm25s / shopsearch | build s (ours / bm25s / rank-bm25) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for lang, size, ours, b2, rank, bo, bb, br in rows:
-        print(f"| {lang} | {size:,} | {ours:.2f} | {b2:.2f} | {rank:.1f} | {rank / ours:.0f}x "
-              f"| {b2 / ours:.2f}x | {bo:.1f} / {bb:.1f} / {br:.1f} |")
+    for lang, size, ms, b2, rank, bo, bb, br in rows:
+        print(
+            f"| {lang} | {size:,} | {ms:.2f} | {b2:.2f} | {rank:.1f} | {rank / ms:.0f}x "
+            f"| {b2 / ms:.2f}x | {bo:.1f} / {bb:.1f} / {br:.1f} |"
+        )
     print(f"\nmachine: {describe_machine()}")
-    print(f"queries: {args.queries} per size (rank-bm25: {args.rank_bm25_queries}), top-10, "
-          f"single-query calls, same token lists for all three")
+    print(
+        f"queries: {args.queries} per size (rank-bm25: {args.rank_bm25_queries}), top-10, "
+        f"single-query calls, same token lists for all three"
+    )
 
 
 if __name__ == "__main__":

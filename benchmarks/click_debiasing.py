@@ -43,12 +43,16 @@ def main() -> None:
     from shopsearch.benchmarks.metrics import evaluate
     from shopsearch.benchmarks.significance import paired_test
     from shopsearch.models.registry import resolve_model
+    from shopsearch.rerank.cross_encoder import CrossEncoderReranker
     from shopsearch.retrieval.analysis import Analyzer
     from shopsearch.retrieval.bm25 import BM25Index
-    from shopsearch.training.pipeline import (simulate_click_log, train_reranker_from_clicks,
-                                              train_reranker_from_qrels)
+    from shopsearch.training.pipeline import (
+        simulate_click_log,
+        train_reranker_from_clicks,
+        train_reranker_from_qrels,
+    )
     from shopsearch.training.propensity import estimate_propensities_em
-    from shopsearch.training.reranker import RerankerTrainingConfig, predict_logits
+    from shopsearch.training.reranker import RerankerTrainingConfig
     from shopsearch.training.simulate import true_propensities
 
     torch.set_num_threads(2)
@@ -66,38 +70,67 @@ def main() -> None:
     train_q = {q: train_set.queries[q] for q in train_ids}
     train_qrels = {q: train_set.qrels[q] for q in train_ids}
     shown = dict(zip(train_ids, bm25_top([train_q[q] for q in train_ids], 10)))
-    log = simulate_click_log(shown, train_qrels, train_q,
-                             sessions_per_query=args.sessions_per_query, eta=args.eta,
-                             seed=args.seed)
+    log = simulate_click_log(
+        shown,
+        train_qrels,
+        train_q,
+        sessions_per_query=args.sessions_per_query,
+        eta=args.eta,
+        seed=args.seed,
+    )
     theta = estimate_propensities_em(log)
-    print(f"{len(log)} impressions, {sum(i.clicked for i in log)} clicks over "
-          f"{len(train_ids)} train queries", flush=True)
-    print("propensity by rank, true: " + " ".join(f"{x:.2f}" for x in true_propensities(10, args.eta)))
+    print(
+        f"{len(log)} impressions, {sum(i.clicked for i in log)} clicks over "
+        f"{len(train_ids)} train queries",
+        flush=True,
+    )
+    print(
+        "propensity by rank, true: " + " ".join(f"{x:.2f}" for x in true_propensities(10, args.eta))
+    )
     print("propensity by rank, EM:   " + " ".join(f"{x:.2f}" for x in theta), flush=True)
 
     base = str(resolve_model(args.base_model).path or args.base_model)
     # Short pairs (Home Depot queries and titles fit in 32 tokens) and a high learning rate:
     # what lets a cross-encoder learn from a few thousand queries in minutes on a CPU.
-    config = RerankerTrainingConfig(epochs=args.epochs, batch_size=32, learning_rate=1e-4,
-                                    max_length=32, seed=args.seed)
+    config = RerankerTrainingConfig(
+        epochs=args.epochs, batch_size=32, learning_rate=1e-4, max_length=32, seed=args.seed
+    )
     models = {
         "judgements": lambda out: train_reranker_from_qrels(
-            train_q, train_qrels, product_text, base, out,
-            mine_negatives=lambda t: bm25_top(t, 100), config=config, seed=args.seed),
+            train_q,
+            train_qrels,
+            product_text,
+            base,
+            out,
+            mine_negatives=lambda t: bm25_top(t, 100),
+            config=config,
+            seed=args.seed,
+        ),
         "clicks, naive": lambda out: train_reranker_from_clicks(
-            log, product_text, base, out, config=config, position_weighting=False,
-            seed=args.seed),
+            log, product_text, base, out, config=config, position_weighting=False, seed=args.seed
+        ),
         "clicks, position-weighted (IPW)": lambda out: train_reranker_from_clicks(
-            log, product_text, base, out, config=config, position_weighting=True,
-            propensities=theta, seed=args.seed),
+            log,
+            product_text,
+            base,
+            out,
+            config=config,
+            position_weighting=True,
+            propensities=theta,
+            seed=args.seed,
+        ),
     }
 
     dev_ids = sorted(dev_set.queries)[: args.dev_queries]
-    candidates = dict(zip(dev_ids, bm25_top([dev_set.queries[q] for q in dev_ids],
-                                            args.rerank_depth)))
+    candidates = dict(
+        zip(dev_ids, bm25_top([dev_set.queries[q] for q in dev_ids], args.rerank_depth))
+    )
     dev_qrels = {q: dev_set.qrels[q] for q in dev_ids}
-    runs = {"BM25 (no rerank)": {q: {pid: float(len(c) - i) for i, pid in enumerate(c)}
-                                 for q, c in candidates.items()}}
+    runs = {
+        "BM25 (no rerank)": {
+            q: {pid: float(len(c) - i) for i, pid in enumerate(c)} for q, c in candidates.items()
+        }
+    }
     timings = {}
     for n, (name, train) in enumerate(models.items()):
         t0 = time.perf_counter()
@@ -105,9 +138,9 @@ def main() -> None:
         train(out)
         timings[name] = time.perf_counter() - t0
         run = {}
+        reranker = CrossEncoderReranker(out)
         for q, cands in candidates.items():
-            logits = predict_logits(out, [(dev_set.queries[q], product_text[p]) for p in cands],
-                                    max_length=32)
+            logits = reranker.logits(dev_set.queries[q], [product_text[p] for p in cands])
             run[q] = {p: float(s) for p, s in zip(cands, logits)}
         runs[name] = run
         print(f"trained and evaluated {name} in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -122,14 +155,25 @@ def main() -> None:
     test = paired_test(naive, ipw)
     judged = results["judgements"][1]["nDCG@10"]
     gap = judged - results["clicks, naive"][1]["nDCG@10"]
-    closed = (results["clicks, position-weighted (IPW)"][1]["nDCG@10"]
-              - results["clicks, naive"][1]["nDCG@10"]) / gap if gap else float("nan")
-    print(f"\nIPW vs naive nDCG@10: delta {test['delta']:+.4f}, p = {test['p_value']:.4f} "
-          f"(paired randomisation, {test['n']} dev queries); share of the naive-to-judgements "
-          f"gap closed: {closed:.0%}")
-    print(f"dev: first {len(dev_ids)} Home Depot dev queries, BM25 top {args.rerank_depth} "
-          f"reranked; base model {args.base_model}, {args.epochs} epoch(s); training seconds "
-          + ", ".join(f"{k}: {v:.0f}" for k, v in timings.items()))
+    closed = (
+        (
+            results["clicks, position-weighted (IPW)"][1]["nDCG@10"]
+            - results["clicks, naive"][1]["nDCG@10"]
+        )
+        / gap
+        if gap
+        else float("nan")
+    )
+    print(
+        f"\nIPW vs naive nDCG@10: delta {test['delta']:+.4f}, p = {test['p_value']:.4f} "
+        f"(paired randomisation, {test['n']} dev queries); share of the naive-to-judgements "
+        f"gap closed: {closed:.0%}"
+    )
+    print(
+        f"dev: first {len(dev_ids)} Home Depot dev queries, BM25 top {args.rerank_depth} "
+        f"reranked; base model {args.base_model}, {args.epochs} epoch(s); training seconds "
+        + ", ".join(f"{k}: {v:.0f}" for k, v in timings.items())
+    )
     print(f"total {time.perf_counter() - started:.0f} s; machine: {describe_machine()}")
 
 

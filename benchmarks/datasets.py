@@ -56,11 +56,17 @@ class LabelledSet:
 
     def summary(self) -> dict[str, Any]:
         """Counts for logs and reports."""
-        return {"name": self.name, "products": len(self.products), "queries": len(self.queries),
-                "judgements": sum(len(d) for d in self.qrels.values()), **self.info}
+        return {
+            "name": self.name,
+            "products": len(self.products),
+            "queries": len(self.queries),
+            "judgements": sum(len(d) for d in self.qrels.values()),
+            **self.info,
+        }
 
 
 # ---------------------------------------------------------------------------- helpers
+
 
 def _cell(value: Any) -> str:
     """A table cell as stripped text, ``""`` when missing (None, or the NaN that tools writing
@@ -93,12 +99,16 @@ def _product(record: dict[str, Any], path: Path, line: int | None) -> dict[str, 
     return record_to_product(record, str(path), line).to_dict()
 
 
-def _restrict_queries(queries: Mapping[str, str], qrels: Mapping[str, Any], path: Path,
-                      ) -> dict[str, str]:
+def _restrict_queries(
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Any],
+    path: Path,
+) -> dict[str, str]:
     missing = [q for q in qrels if q not in queries]
     if missing:
-        raise DataError(f"{len(missing)} judged queries have no text (e.g. {missing[0]!r})",
-                        path=str(path))
+        raise DataError(
+            f"{len(missing)} judged queries have no text (e.g. {missing[0]!r})", path=str(path)
+        )
     return {q: queries[q] for q in qrels}
 
 
@@ -111,8 +121,9 @@ def _read_jsonl_products(path: Path, *, beir: bool) -> list[dict[str, Any]]:
         if beir:
             title, body = obj.get("title"), obj.get("text")
             if not _cell(title) and not _cell(body):
-                raise DataError("document has neither title nor text", path=str(path),
-                                line=number, field="text")
+                raise DataError(
+                    "document has neither title nor text", path=str(path), line=number, field="text"
+                )
             # BEIR corpora often have no titles (MS MARCO, FiQA): the text becomes the title so
             # that every product has one, and is not repeated as description.
             record = _record(pid, title, description=body) if _cell(title) else _record(pid, body)
@@ -125,6 +136,7 @@ def _read_jsonl_products(path: Path, *, beir: bool) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- BEIR
 
+
 def load_beir(folder: PathLike, split: str = "test") -> LabelledSet:
     """Load a BEIR-format data set: ``corpus.jsonl`` (``_id``, ``title``, ``text``),
     ``queries.jsonl`` (``_id``, ``text``) and ``qrels/<split>.tsv`` (header
@@ -136,11 +148,19 @@ def load_beir(folder: PathLike, split: str = "test") -> LabelledSet:
     root = Path(folder)
     qrels_path = _require_file(root / "qrels" / f"{split}.tsv", f"BEIR qrels ({split} split)")
     qrels = read_qrels(qrels_path)
-    queries = _restrict_queries(read_queries(_require_file(root / "queries.jsonl", "queries")),
-                                qrels, root / "queries.jsonl")
+    queries = _restrict_queries(
+        read_queries(_require_file(root / "queries.jsonl", "queries")),
+        qrels,
+        root / "queries.jsonl",
+    )
     products = _read_jsonl_products(_require_file(root / "corpus.jsonl", "corpus"), beir=True)
-    return LabelledSet(products, queries, qrels, name=f"{root.name}-{split}",
-                       info={"format": "beir", "split": split})
+    return LabelledSet(
+        products,
+        queries,
+        qrels,
+        name=f"{root.name}-{split}",
+        info={"format": "beir", "split": split},
+    )
 
 
 # ---------------------------------------------------------------------------- ESCI
@@ -156,9 +176,14 @@ ESCI_EXAMPLES = "shopping_queries_dataset_examples.parquet"
 ESCI_PRODUCTS = "shopping_queries_dataset_products.parquet"
 
 
-def load_esci(folder_or_files: PathLike | Sequence[PathLike], split: str = "test",
-              locale: str = "us", *, small: bool = False,
-              corpus: str = "locale") -> LabelledSet:
+def load_esci(
+    folder_or_files: PathLike | Sequence[PathLike],
+    split: str = "test",
+    locale: str = "us",
+    *,
+    small: bool = False,
+    corpus: str = "locale",
+) -> LabelledSet:
     """Load Amazon's Shopping Queries data set (ESCI) from its two parquet files.
 
     ``folder_or_files``: the folder holding ``shopping_queries_dataset_examples.parquet`` and
@@ -186,8 +211,10 @@ def load_esci(folder_or_files: PathLike | Sequence[PathLike], split: str = "test
     else:
         files = [Path(f) for f in folder_or_files]
         if len(files) != 2:
-            raise ValueError("load_esci expects a folder or exactly two files "
-                             "(examples parquet, products parquet)")
+            raise ValueError(
+                "load_esci expects a folder or exactly two files "
+                "(examples parquet, products parquet)"
+            )
         examples_path, products_path = files
     _require_file(examples_path, "ESCI examples")
     _require_file(products_path, "ESCI products")
@@ -195,8 +222,9 @@ def load_esci(folder_or_files: PathLike | Sequence[PathLike], split: str = "test
     needed = ["query_id", "query", "product_id", "esci_label", "split", "product_locale"]
     if small:
         needed.append("small_version")
-    examples = _read_parquet_columns(pq, examples_path, needed,
-                                     equal={"split": split, "product_locale": locale})
+    examples = _read_parquet_columns(
+        pq, examples_path, needed, equal={"split": split, "product_locale": locale}
+    )
     qrels: dict[str, dict[str, int]] = {}
     queries: dict[str, str] = {}
     n = len(examples["query_id"])
@@ -207,23 +235,33 @@ def load_esci(folder_or_files: PathLike | Sequence[PathLike], split: str = "test
         label = _cell(examples["esci_label"][i]).upper()
         if label not in ESCI_GRADES:
             # Rows were filtered in Arrow, so name the example rather than a row number.
-            raise DataError(f"unknown esci_label {label!r} for query {qid!r}, product {pid!r} "
-                            "(expected E, S, C or I)", path=str(examples_path),
-                            field="esci_label")
+            raise DataError(
+                f"unknown esci_label {label!r} for query {qid!r}, product {pid!r} "
+                "(expected E, S, C or I)",
+                path=str(examples_path),
+                field="esci_label",
+            )
         queries[qid] = _cell(examples["query"][i])
         if qrels.get(qid, {}).get(pid, ESCI_GRADES[label]) != ESCI_GRADES[label]:
-            raise DataError(f"query {qid!r} judges product {pid!r} twice with different labels",
-                            path=str(examples_path), field="esci_label")
+            raise DataError(
+                f"query {qid!r} judges product {pid!r} twice with different labels",
+                path=str(examples_path),
+                field="esci_label",
+            )
         qrels.setdefault(qid, {})[pid] = ESCI_GRADES[label]
     if not qrels:
-        raise DataError(f"no examples with split={split!r} and product_locale={locale!r}",
-                        path=str(examples_path))
+        raise DataError(
+            f"no examples with split={split!r} and product_locale={locale!r}",
+            path=str(examples_path),
+        )
 
-    prod_cols = _read_parquet_columns(pq, products_path, ["product_id", "product_locale",
-                                                          "product_title"],
-                                      optional=["product_description", "product_bullet_point",
-                                                "product_brand", "product_color"],
-                                      equal={"product_locale": locale})
+    prod_cols = _read_parquet_columns(
+        pq,
+        products_path,
+        ["product_id", "product_locale", "product_title"],
+        optional=["product_description", "product_bullet_point", "product_brand", "product_color"],
+        equal={"product_locale": locale},
+    )
     judged = {pid for docs in qrels.values() for pid in docs}
     products: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -235,25 +273,41 @@ def load_esci(folder_or_files: PathLike | Sequence[PathLike], split: str = "test
         description = prod_cols["product_description"][i]
         if not _cell(description):
             description = prod_cols["product_bullet_point"][i]
-        record = _record(pid, prod_cols["product_title"][i], description=description,
-                         brand=prod_cols["product_brand"][i],
-                         attributes={"color": prod_cols["product_color"][i]})
+        record = _record(
+            pid,
+            prod_cols["product_title"][i],
+            description=description,
+            brand=prod_cols["product_brand"][i],
+            attributes={"color": prod_cols["product_color"][i]},
+        )
         # No line number: rows were filtered in Arrow, so a row index would point nowhere.
         products.append(_product(record, products_path, None))
     missing = judged - seen
     if missing:
-        logger.warning("ESCI: %d judged products are missing from %s (e.g. %s); they count as "
-                       "relevant but unretrievable", len(missing), products_path,
-                       next(iter(sorted(missing))))
+        logger.warning(
+            "ESCI: %d judged products are missing from %s (e.g. %s); they count as "
+            "relevant but unretrievable",
+            len(missing),
+            products_path,
+            next(iter(sorted(missing))),
+        )
     name = f"esci-{locale}-{split}" + ("-small" if small else "")
-    return LabelledSet(products, queries, qrels, name=name,
-                       info={"format": "esci", "split": split, "locale": locale,
-                             "corpus": corpus})
+    return LabelledSet(
+        products,
+        queries,
+        qrels,
+        name=name,
+        info={"format": "esci", "split": split, "locale": locale, "corpus": corpus},
+    )
 
 
-def _read_parquet_columns(pq: Any, path: Path, columns: list[str],
-                          optional: Sequence[str] = (),
-                          equal: Mapping[str, str] | None = None) -> dict[str, list[Any]]:
+def _read_parquet_columns(
+    pq: Any,
+    path: Path,
+    columns: list[str],
+    optional: Sequence[str] = (),
+    equal: Mapping[str, str] | None = None,
+) -> dict[str, list[Any]]:
     """Columns of a parquet file as Python lists, keeping only rows where each column in
     ``equal`` has the given value (filtered in Arrow first: the ESCI products file holds 1.8M
     rows of long descriptions, most of them for other locales)."""
@@ -265,8 +319,7 @@ def _read_parquet_columns(pq: Any, path: Path, columns: list[str],
         raise DataError(f"cannot read parquet file: {exc}", path=str(path)) from exc
     missing = [c for c in columns if c not in schema_names]
     if missing:
-        raise DataError(f"missing column(s) {', '.join(missing)}", path=str(path),
-                        field=missing[0])
+        raise DataError(f"missing column(s) {', '.join(missing)}", path=str(path), field=missing[0])
     present = columns + [c for c in optional if c in schema_names]
     table = pq.read_table(path, columns=present)
     for name, value in (equal or {}).items():
@@ -293,8 +346,12 @@ def _read_tsv_dicts(path: Path, required: Sequence[str]) -> Iterator[tuple[int, 
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
         if missing:
-            raise DataError(f"missing column(s) {', '.join(missing)} in header "
-                            f"{'|'.join(header)}", path=str(path), line=1, field=missing[0])
+            raise DataError(
+                f"missing column(s) {', '.join(missing)} in header {'|'.join(header)}",
+                path=str(path),
+                line=1,
+                field=missing[0],
+            )
         for row in reader:
             yield reader.line_num, row
 
@@ -317,9 +374,12 @@ def load_wands(folder: PathLike) -> LabelledSet:
 
     products = []
     for line, row in _read_tsv_dicts(product_path, ["product_id", "product_name"]):
-        record = _record(row["product_id"], row["product_name"],
-                         description=row.get("product_description"),
-                         category=row.get("product_class"))
+        record = _record(
+            row["product_id"],
+            row["product_name"],
+            description=row.get("product_description"),
+            category=row.get("product_class"),
+        )
         products.append(_product(record, product_path, line))
     all_queries: dict[str, str] = {}
     for line, row in _read_tsv_dicts(query_path, ["query_id", "query"]):
@@ -329,8 +389,12 @@ def load_wands(folder: PathLike) -> LabelledSet:
     for line, row in _read_tsv_dicts(label_path, ["query_id", "product_id", "label"]):
         label = _cell(row["label"])
         if label not in WANDS_GRADES:
-            raise DataError(f"unknown label {label!r} (expected Exact, Partial or Irrelevant)",
-                            path=str(label_path), line=line, field="label")
+            raise DataError(
+                f"unknown label {label!r} (expected Exact, Partial or Irrelevant)",
+                path=str(label_path),
+                line=line,
+                field="label",
+            )
         qid = _check_id(_cell(row["query_id"]), label_path, line, "query_id")
         pid = _check_id(_cell(row["product_id"]), label_path, line, "product_id")
         _add_judgement(qrels, qid, pid, WANDS_GRADES[label], label_path, line)
@@ -340,14 +404,16 @@ def load_wands(folder: PathLike) -> LabelledSet:
 
 # ---------------------------------------------------------------------------- Multi-CPR
 
+
 def _read_two_col_tsv(path: Path, what: str) -> dict[str, tuple[int, str]]:
     """``{id: (line_number, text)}``; a repeated id keeps its first position and its last text."""
     out: dict[str, tuple[int, str]] = {}
     for number, line in _lines(path):
         parts = line.split("\t", 1)
         if len(parts) != 2:
-            raise DataError(f"expected '{what}_id<TAB>text' (no tab found)", path=str(path),
-                            line=number)
+            raise DataError(
+                f"expected '{what}_id<TAB>text' (no tab found)", path=str(path), line=number
+            )
         key = _check_id(parts[0].strip(), path, number, f"{what}_id")
         out[key] = (number, parts[1].strip())
     return out
@@ -371,8 +437,11 @@ def load_multicpr(folder: PathLike, split: str = "dev") -> LabelledSet:
         elif len(parts) == 4:
             qid, pid, grade = parts[0], parts[2], _parse_grade(parts[3], qrels_path, number)
         else:
-            raise DataError(f"expected 2 columns 'qid pid' or 4 columns 'qid 0 pid grade', "
-                            f"found {len(parts)}", path=str(qrels_path), line=number)
+            raise DataError(
+                f"expected 2 columns 'qid pid' or 4 columns 'qid 0 pid grade', found {len(parts)}",
+                path=str(qrels_path),
+                line=number,
+            )
         _add_judgement(qrels, qid, pid, grade, qrels_path, number)
     if not qrels:
         raise DataError("no judgements found", path=str(qrels_path))
@@ -380,13 +449,21 @@ def load_multicpr(folder: PathLike, split: str = "dev") -> LabelledSet:
     all_queries = {qid: text for qid, (_, text) in _read_two_col_tsv(query_path, "query").items()}
     queries = _restrict_queries(all_queries, qrels, query_path)
     corpus_path = _require_file(root / "corpus.tsv", "Multi-CPR corpus")
-    products = [_product(_record(pid, text), corpus_path, number) for pid, (number, text) in
-                _read_two_col_tsv(corpus_path, "passage").items()]
-    return LabelledSet(products, queries, qrels, name=f"multicpr-{root.name}-{split}",
-                       info={"format": "multicpr", "split": split})
+    products = [
+        _product(_record(pid, text), corpus_path, number)
+        for pid, (number, text) in _read_two_col_tsv(corpus_path, "passage").items()
+    ]
+    return LabelledSet(
+        products,
+        queries,
+        qrels,
+        name=f"multicpr-{root.name}-{split}",
+        info={"format": "multicpr", "split": split},
+    )
 
 
 # ---------------------------------------------------------------------------- Home Depot
+
 
 def load_homedepot(folder: PathLike, split: str = "dev") -> LabelledSet:
     """Load the project's own layout (used for Home Depot): ``products.jsonl``
@@ -403,10 +480,14 @@ def load_homedepot(folder: PathLike, split: str = "dev") -> LabelledSet:
     if unjudged:
         logger.info("%s: %d queries have no judgements and are left out", query_path, unjudged)
     queries = _restrict_queries(all_queries, qrels, query_path)
-    products = _read_jsonl_products(_require_file(root / "products.jsonl", "products"),
-                                    beir=False)
-    return LabelledSet(products, queries, qrels, name=f"{root.name}-{split}",
-                       info={"format": "shopsearch", "split": split})
+    products = _read_jsonl_products(_require_file(root / "products.jsonl", "products"), beir=False)
+    return LabelledSet(
+        products,
+        queries,
+        qrels,
+        name=f"{root.name}-{split}",
+        info={"format": "shopsearch", "split": split},
+    )
 
 
 # ---------------------------------------------------------------------------- finding a data set
@@ -440,10 +521,13 @@ def detect_format(folder: PathLike) -> str:
         return "multicpr"
     if (root / "products.jsonl").is_file() and any(root.glob("qrels.*.txt")):
         return "shopsearch"
-    raise DataError("unrecognised data set layout; expected BEIR (corpus.jsonl, queries.jsonl, "
-                    "qrels/), ESCI parquet files, WANDS (product.csv, query.csv, label.csv), "
-                    "Multi-CPR (corpus.tsv, <split>.query.txt, qrels.<split>.tsv) or "
-                    "products.jsonl + queries.<split>.tsv + qrels.<split>.txt", path=str(root))
+    raise DataError(
+        "unrecognised data set layout; expected BEIR (corpus.jsonl, queries.jsonl, "
+        "qrels/), ESCI parquet files, WANDS (product.csv, query.csv, label.csv), "
+        "Multi-CPR (corpus.tsv, <split>.query.txt, qrels.<split>.tsv) or "
+        "products.jsonl + queries.<split>.tsv + qrels.<split>.txt",
+        path=str(root),
+    )
 
 
 def load_dataset(path_or_name: PathLike, split: str | None = None) -> LabelledSet:
@@ -460,10 +544,12 @@ def load_dataset(path_or_name: PathLike, split: str | None = None) -> LabelledSe
                 root = base / str(path_or_name)
                 break
     if not root.is_dir():
-        raise DataError("data set folder not found (give a folder or one of "
-                        f"{', '.join(KNOWN_DATASETS)})", path=str(path_or_name))
+        raise DataError(
+            f"data set folder not found (give a folder or one of {', '.join(KNOWN_DATASETS)})",
+            path=str(path_or_name),
+        )
     fmt = detect_format(root)
-    kwargs = {} if split is None else {"split": split}
+    kwargs: dict[str, Any] = {} if split is None else {"split": split}
     if fmt == "beir":
         return load_beir(root, **kwargs)
     if fmt == "esci":

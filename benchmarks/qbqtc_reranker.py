@@ -34,7 +34,7 @@ def best_thresholds(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float
     grid = np.unique(np.quantile(probs, np.linspace(0.02, 0.98, 49)))
     best = (-1.0, 0.0, 1.0)
     for i, t1 in enumerate(grid):
-        for t2 in grid[i + 1:]:
+        for t2 in grid[i + 1 :]:
             pred = (probs >= t1).astype(int) + (probs >= t2).astype(int)
             score = f1_score(labels, pred, average="macro")
             if score > best[0]:
@@ -59,8 +59,11 @@ def main() -> None:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
     from shopsearch.models.registry import resolve_model
-    from shopsearch.training.reranker import (PairExample, RerankerTrainingConfig,
-                                              predict_logits, train_cross_encoder)
+    from shopsearch.training.reranker import (
+        PairExample,
+        RerankerTrainingConfig,
+        train_cross_encoder,
+    )
 
     torch.set_num_threads(2)
     rows = [json.loads(line) for line in args.data.open(encoding="utf-8")]
@@ -69,29 +72,42 @@ def main() -> None:
     queries = sorted({r["query"] for r in rows})
     random.Random(args.seed).shuffle(queries)
     n_test, n_val = len(queries) // 5, len(queries) // 10
-    test_q, val_q = set(queries[:n_test]), set(queries[n_test:n_test + n_val])
+    test_q, val_q = set(queries[:n_test]), set(queries[n_test : n_test + n_val])
 
     def pairs(keep) -> list[PairExample]:
-        return [PairExample(r["query"], r["title"], int(r["label"]) / 2) for r in rows
-                if keep(r["query"])]
+        return [
+            PairExample(r["query"], r["title"], int(r["label"]) / 2)
+            for r in rows
+            if keep(r["query"])
+        ]
 
     train = pairs(lambda q: q not in test_q and q not in val_q)
     val, test = pairs(lambda q: q in val_q), pairs(lambda q: q in test_q)
     base = str(resolve_model(args.base_model).path or args.base_model)
-    print(f"QBQTC: {len(train)} train / {len(val)} validation / {len(test)} test pairs "
-          f"(split by query); base {args.base_model}", flush=True)
+    print(
+        f"QBQTC: {len(train)} train / {len(val)} validation / {len(test)} test pairs "
+        f"(split by query); base {args.base_model}",
+        flush=True,
+    )
 
     started = time.perf_counter()
-    config = RerankerTrainingConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                    learning_rate=args.lr, max_length=args.max_length,
-                                    seed=args.seed)
+    config = RerankerTrainingConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
     result = train_cross_encoder(base, train, val, args.out, config, overwrite=True)
     train_seconds = time.perf_counter() - started
 
+    from shopsearch.rerank.calibration import sigmoid
+    from shopsearch.rerank.cross_encoder import CrossEncoderReranker
+
+    served = CrossEncoderReranker(args.out, batch_size=64)  # as the engine loads and scores it
+
     def probs(examples):
-        logits = predict_logits(args.out, [(e.query, e.text) for e in examples],
-                                max_length=args.max_length)
-        return 1 / (1 + np.exp(-logits.astype(np.float64)))
+        return sigmoid(served.pair_logits([(e.query, e.text) for e in examples]))
 
     val_labels = np.array([round(e.label * 2) for e in val])
     _, t1, t2 = best_thresholds(probs(val), val_labels)
@@ -105,14 +121,23 @@ def main() -> None:
     print("\n| model | training pairs | test pairs | macro-F1 | accuracy |")
     print("|---|---:|---:|---:|---:|")
     print(f"| majority class | - | {len(test)} | - | {majority:.1f} |")
-    print(f"| {args.base_model} cross-encoder, fine-tuned here | {len(train)} | {len(test)} | "
-          f"{macro_f1:.1f} | {accuracy:.1f} |")
+    print(
+        f"| {args.base_model} cross-encoder, fine-tuned here | {len(train)} | {len(test)} | "
+        f"{macro_f1:.1f} | {accuracy:.1f} |"
+    )
     print("| BERT-base (published, CLUE; public test set) | 180,000 | - | 64.1 | 71.8 |")
-    print(f"\nthresholds on p: {t1:.3f} / {t2:.3f} (chosen on validation); confusion matrix "
-          f"(rows true 0/1/2):\n{confusion_matrix(test_labels, pred)}")
-    print(f"dev history: {[(h['epoch'], h.get('dev_log_loss'), h.get('dev_auc')) for h in result.history]}")
-    print(f"training {train_seconds:.0f} s, {args.epochs} epoch(s), batch {args.batch_size}, "
-          f"lr {args.lr}, max_length {args.max_length}")
+    print(
+        f"\nthresholds on p: {t1:.3f} / {t2:.3f} (chosen on validation); confusion matrix "
+        f"(rows true 0/1/2):\n{confusion_matrix(test_labels, pred)}"
+    )
+    print(
+        "dev history: "
+        f"{[(h['epoch'], h.get('dev_log_loss'), h.get('dev_auc')) for h in result.history]}"
+    )
+    print(
+        f"training {train_seconds:.0f} s, {args.epochs} epoch(s), batch {args.batch_size}, "
+        f"lr {args.lr}, max_length {args.max_length}"
+    )
     print(f"machine: {describe_machine()}")
 
 

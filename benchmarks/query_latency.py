@@ -35,10 +35,23 @@ import numpy as np
 from shopsearch.benchmarks.machine import describe_machine
 from shopsearch.benchmarks.trec import read_queries
 
-QUERIES = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "homedepot"
-           / "queries.dev.tsv")
-STAGE_ORDER = ("filters", "analysis", "bm25", "encode_query", "dense_search", "fusion",
-               "rerank", "total")
+QUERIES = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared"
+    / "data"
+    / "homedepot"
+    / "queries.dev.tsv"
+)
+STAGE_ORDER = (
+    "filters",
+    "analysis",
+    "bm25",
+    "encode_query",
+    "dense_search",
+    "fusion",
+    "rerank",
+    "total",
+)
 
 
 def log(message: str) -> None:
@@ -58,8 +71,12 @@ def open_variants(args: argparse.Namespace) -> list[tuple[str, Any]]:
     if reranked is not None and reranked.reranker is not None:
         variants.append((variants[0][0] + " + rerank", reranked))
     if has_dense:
-        variants.append(("BM25 only (load_encoder=False)",
-                         SearchEngine.open(args.index, use_reranker=False, load_encoder=False)))
+        variants.append(
+            (
+                "BM25 only (load_encoder=False)",
+                SearchEngine.open(args.index, use_reranker=False, load_encoder=False),
+            )
+        )
     return variants
 
 
@@ -69,8 +86,9 @@ def percentile_rows(name: str, timings: list[dict[str, float]]) -> list[tuple[An
     stages += sorted({s for t in timings for s in t} - set(stages))
     for stage in stages:
         values = np.asarray([t[stage] for t in timings if stage in t])
-        rows.append((name, stage, len(values), *np.percentile(values, [50, 95, 99]),
-                     float(values.mean())))
+        rows.append(
+            (name, stage, len(values), *np.percentile(values, [50, 95, 99]), float(values.mean()))
+        )
     return rows
 
 
@@ -78,22 +96,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Smoke run: --index /tmp/hd-bm25 --n 5 --warmup 1",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--index", type=Path, required=True, help="index folder")
-    parser.add_argument("--queries", type=Path, default=QUERIES,
-                        help="query TSV (query_id<TAB>query); default Home Depot dev queries")
+    parser.add_argument(
+        "--queries",
+        type=Path,
+        default=QUERIES,
+        help="query TSV (query_id<TAB>query); default Home Depot dev queries",
+    )
     parser.add_argument("--n", type=int, default=200, help="timed queries (default 200)")
-    parser.add_argument("--warmup", type=int, default=10,
-                        help="warm-up queries per variant, not timed (default 10)")
+    parser.add_argument(
+        "--warmup", type=int, default=10, help="warm-up queries per variant, not timed (default 10)"
+    )
     parser.add_argument("--k", type=int, default=10, help="results per query")
-    parser.add_argument("--reranker", default=None,
-                        help="cross-encoder folder (default: the one stored in the index, if any)")
+    parser.add_argument(
+        "--reranker",
+        default=None,
+        help="cross-encoder folder (default: the one stored in the index, if any)",
+    )
     parser.add_argument("--no-rerank", action="store_true", help="skip the reranked variant")
-    parser.add_argument("--threads", default="2",
-                        help="torch and FAISS threads per search; a comma list (e.g. 1,2) "
-                             "times every variant at each count, switched before each call "
-                             "(default 2). On a busy machine a second thread can cost more "
-                             "than it gains: each parallel region waits for a free core")
+    parser.add_argument(
+        "--threads",
+        default="2",
+        help="torch and FAISS threads per search; a comma list (e.g. 1,2) "
+        "times every variant at each count, switched before each call "
+        "(default 2). On a busy machine a second thread can cost more "
+        "than it gains: each parallel region waits for a free core",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,13 +136,16 @@ def main() -> None:
     queries = list(read_queries(args.queries).values())
     if len(queries) < args.n + args.warmup:
         parser.error(f"{args.queries} has {len(queries)} queries; need --n + --warmup")
-    warm, timed = queries[: args.warmup], queries[args.warmup: args.warmup + args.n]
+    warm, timed = queries[: args.warmup], queries[args.warmup : args.warmup + args.n]
 
     log(f"opening {args.index}")
     engines = open_variants(args)
     # (name, engine, threads): with several thread counts every engine is timed at each.
-    variants = [(name if len(thread_counts) == 1 else f"{name} [{n} thr]", engine, n)
-                for n in thread_counts for name, engine in engines]
+    variants = [
+        (name if len(thread_counts) == 1 else f"{name} [{n} thr]", engine, n)
+        for n in thread_counts
+        for name, engine in engines
+    ]
     for name, _, _ in variants:
         log(f"variant: {name}")
 
@@ -152,14 +185,18 @@ def main() -> None:
     for name, stage, n, p50, p95, p99, mean in rows:
         print(f"| {name} | {stage} | {n} | {p50:.2f} | {p95:.2f} | {p99:.2f} | {mean:.2f} |")
     print(f"\nmachine: {describe_machine()}")
-    reranker_name = next((getattr(e.reranker, "name", "?") for _, e in engines
-                          if e.reranker is not None), None)
-    print(f"index {args.index}: {len(base_engine.index.products):,} products, encoder "
-          f"{encoder or 'none'}, FAISS {faiss_factory or 'none'}, reranker "
-          f"{reranker_name or 'none'}; {len(timed)} queries from {args.queries.name} one at a "
-          f"time, k={args.k}, candidate depth {base_engine.depth}, rerank top {base_engine.blend.top}; "
-          f"variants interleaved after {len(warm)} warm-up queries; torch and FAISS threads "
-          f"{args.threads}")
+    reranker_name = next(
+        (getattr(e.reranker, "name", "?") for _, e in engines if e.reranker is not None), None
+    )
+    print(
+        f"index {args.index}: {len(base_engine.index.products):,} products, encoder "
+        f"{encoder or 'none'}, FAISS {faiss_factory or 'none'}, reranker "
+        f"{reranker_name or 'none'}; {len(timed)} queries from {args.queries.name} one at a "
+        f"time, k={args.k}, candidate depth {base_engine.depth}, rerank top "
+        f"{base_engine.blend.top}; "
+        f"variants interleaved after {len(warm)} warm-up queries; torch and FAISS threads "
+        f"{args.threads}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,12 @@ def _cell(value: Any, float_format: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
-                 float_format: str = ".4f", align: Sequence[str] | None = None) -> str:
+def format_table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    float_format: str = ".4f",
+    align: Sequence[str] | None = None,
+) -> str:
     """A GitHub-flavoured Markdown table. Floats use ``float_format`` (NaN -> "n/a");
     ``align`` per column: "l" or "r" (default: first column left, the rest right). Columns are
     padded so the table also reads well as plain text in a terminal."""
@@ -41,8 +45,10 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
     align = list(align) if align is not None else ["l"] + ["r"] * (len(headers) - 1)
     if len(align) != len(headers) or any(a not in ("l", "r") for a in align):
         raise ValueError("align needs one 'l' or 'r' per column")
-    widths = [max([3, len(_cell(h, float_format))] + [len(r[i]) for r in body])
-              for i, h in enumerate(headers)]
+    widths = [
+        max([3, len(_cell(h, float_format))] + [len(r[i]) for r in body])
+        for i, h in enumerate(headers)
+    ]
 
     def line(cells: Sequence[str]) -> str:
         padded = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align)]
@@ -71,56 +77,89 @@ def quality_rows(report: BenchmarkReport) -> tuple[list[str], list[list[Any]]]:
     for stage in report.stages:
         name = stage.name + (" (baseline)" if stage.name == report.baseline else "")
         row: list[Any] = [name] + [stage.metrics.get(m) for m in report.measures]
-        row += [_p_text(stage.significance[m]["p_value"]) if m in stage.significance else "-"
-                for m in tested]
+        row += [
+            _p_text(stage.significance[m]["p_value"]) if m in stage.significance else "-"
+            for m in tested
+        ]
         rows.append(row)
     return headers, rows
 
 
 def latency_rows(report: BenchmarkReport) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows of the latency table (milliseconds, queries/s, MB)."""
-    headers = ["Stage", "p50 ms", "p95 ms", "p99 ms", "mean ms", "batch q/s", "peak RSS MB",
-               "ties@10"]
+    headers = [
+        "Stage",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "mean ms",
+        "batch q/s",
+        "peak RSS MB",
+        "ties@10",
+    ]
     rows = []
     for s in report.stages:
         lat = s.latency
-        rows.append([s.name, lat.get("p50_ms"), lat.get("p95_ms"), lat.get("p99_ms"),
-                     lat.get("mean_ms"), s.throughput_qps, s.peak_rss_mb, s.tied_queries])
+        rows.append(
+            [
+                s.name,
+                lat.get("p50_ms"),
+                lat.get("p95_ms"),
+                lat.get("p99_ms"),
+                lat.get("mean_ms"),
+                s.throughput_qps,
+                s.peak_rss_mb,
+                s.tied_queries,
+            ]
+        )
     return headers, rows
 
 
 def render_markdown(report: BenchmarkReport, image: str | None = None) -> str:
     """The whole report as Markdown (what ``report.md`` holds)."""
     out = ["# Benchmark report", ""]
-    out.append(f"{report.n_evaluated} evaluated queries ({report.n_queries} run; "
-               f"{report.n_without_qrels} without judgements and {report.n_without_relevant} "
-               f"without a relevant product are not scored), depth {report.depth}, "
-               f"created {report.created}.")
+    out.append(
+        f"{report.n_evaluated} evaluated queries ({report.n_queries} run; "
+        f"{report.n_without_qrels} without judgements and {report.n_without_relevant} "
+        f"without a relevant product are not scored), depth {report.depth}, "
+        f"created {report.created}."
+    )
     out += ["", "## Quality", ""]
     headers, rows = quality_rows(report)
     out.append(format_table(rows, headers))
-    method = ("two-sided paired randomisation test "
-              f"({report.n_resamples} random sign flips, seed {report.seed}; all 2^n flips when "
-              "2^n is not larger)"
-              if report.significance_method == "randomization"
-              else "two-sided paired t-test")
-    out += ["", f"p: {method} against the baseline `{report.baseline}`, per query over the "
-            f"{report.n_evaluated} evaluated queries.",
-            "Conventions (trec_eval): nDCG gain = grade, relevant = grade >= 1, ties ordered by "
-            "product id descending, queries without results score 0. Reproduce a number with "
-            "`trec_eval -c -m ndcg_cut.10 qrels.txt <stage>.run` (MRR@10: "
-            "`-c -M 10 -m recip_rank`)."]
+    method = (
+        "two-sided paired randomisation test "
+        f"({report.n_resamples} random sign flips, seed {report.seed}; all 2^n flips when "
+        "2^n is not larger)"
+        if report.significance_method == "randomization"
+        else "two-sided paired t-test"
+    )
+    out += [
+        "",
+        f"p: {method} against the baseline `{report.baseline}`, per query over the "
+        f"{report.n_evaluated} evaluated queries.",
+        "Conventions (trec_eval): nDCG gain = grade, relevant = grade >= 1, ties ordered by "
+        "product id descending, queries without results score 0. Reproduce a number with "
+        "`trec_eval -c -m ndcg_cut.10 qrels.txt <stage>.run` (MRR@10: "
+        "`-c -M 10 -m recip_rank`).",
+    ]
     out += ["", "## Speed", ""]
     headers, rows = latency_rows(report)
     out.append(format_table(rows, headers, float_format=".3f"))
-    out += ["", f"Latency: single-query calls at k={report.depth} over the first "
-            f"{report.latency_queries} queries after a warm-up; q/s: batches of "
-            f"{report.batch_size}. Peak RSS is the process's peak so far. ties@10: queries with "
-            "equal scores in their top 10."]
+    out += [
+        "",
+        f"Latency: single-query calls at k={report.depth} over the first "
+        f"{report.latency_queries} queries after a warm-up; q/s: batches of "
+        f"{report.batch_size}. Peak RSS is the process's peak so far. ties@10: queries with "
+        "equal scores in their top 10.",
+    ]
     if report.extra:
         out += ["", "## Setup", ""]
-        out.append(format_table([[k, str(v)] for k, v in report.extra.items()], ["Item", "Value"],
-                                align=["l", "l"]))
+        out.append(
+            format_table(
+                [[k, str(v)] for k, v in report.extra.items()], ["Item", "Value"], align=["l", "l"]
+            )
+        )
     out += ["", "## Run files", ""]
     out += [f"- `{s.run_file}` ({s.n_results} results)" for s in report.stages]
     if image:
@@ -173,10 +212,8 @@ def write_report(report: BenchmarkReport, out_dir: str | os.PathLike) -> dict[st
     paths under keys "json", "markdown" and "png"."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "markdown": out / "report.md",
-             "png": out / "report.png"}
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "png": out / "report.png"}
     paths["json"].write_text(report.to_json() + "\n", encoding="utf-8")
     plot_report(report, paths["png"])
-    paths["markdown"].write_text(render_markdown(report, image=paths["png"].name),
-                                 encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(report, image=paths["png"].name), encoding="utf-8")
     return paths

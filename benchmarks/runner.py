@@ -103,8 +103,9 @@ class BenchmarkReport:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkReport:
         fields = {f.name for f in dataclasses.fields(StageResult)}
-        stages = [StageResult(**{k: v for k, v in s.items() if k in fields})
-                  for s in data["stages"]]
+        stages = [
+            StageResult(**{k: v for k, v in s.items() if k in fields}) for s in data["stages"]
+        ]
         top = {f.name for f in dataclasses.fields(cls)} - {"stages"}
         return cls(stages=stages, **{k: v for k, v in data.items() if k in top})
 
@@ -133,8 +134,12 @@ def _peak_rss_mb() -> float | None:
 def _environment() -> dict[str, Any]:
     import numpy as np
 
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                           "cpus": os.cpu_count(), "numpy": np.__version__}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "numpy": np.__version__,
+    }
     try:
         from importlib.metadata import version
 
@@ -154,13 +159,20 @@ def _percentile(values: Sequence[float], q: float) -> float:
 def _check_hits(stage: str, batch: Sequence[str], results: Any) -> None:
     if not isinstance(results, list) or len(results) != len(batch):
         got = len(results) if isinstance(results, list) else type(results).__name__
-        raise ValueError(f"stage {stage!r}: search() returned {got} result lists for "
-                         f"{len(batch)} queries")
+        raise ValueError(
+            f"stage {stage!r}: search() returned {got} result lists for {len(batch)} queries"
+        )
 
 
-def _search_all(name: str, retriever: Retriever, qids: list[str], texts: list[str], depth: int,
-                batch_size: int, progress: bool,
-                ) -> tuple[dict[str, list[tuple[str, float]]], float]:
+def _search_all(
+    name: str,
+    retriever: Retriever,
+    qids: list[str],
+    texts: list[str],
+    depth: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict[str, list[tuple[str, float]]], float]:
     from tqdm.auto import tqdm
 
     results: dict[str, list[tuple[str, float]]] = {}
@@ -168,7 +180,7 @@ def _search_all(name: str, retriever: Retriever, qids: list[str], texts: list[st
     started = time.perf_counter()
     with tqdm(total=len(qids), desc=name, unit="q", disable=not progress, leave=False) as bar:
         for i in range(0, len(qids), batch_size):
-            batch_ids, batch = qids[i:i + batch_size], texts[i:i + batch_size]
+            batch_ids, batch = qids[i : i + batch_size], texts[i : i + batch_size]
             hits_lists = retriever.search(batch, k=depth)
             _check_hits(name, batch, hits_lists)
             for qid, hits in zip(batch_ids, hits_lists):
@@ -192,16 +204,25 @@ def _search_all(name: str, retriever: Retriever, qids: list[str], texts: list[st
             bar.update(len(batch))
     elapsed = time.perf_counter() - started
     if unsorted:
-        logger.warning("stage %r: %d hits came after a lower score; metrics follow the scores, "
-                       "as trec_eval does, not the returned order", name, unsorted)
+        logger.warning(
+            "stage %r: %d hits came after a lower score; metrics follow the scores, "
+            "as trec_eval does, not the returned order",
+            name,
+            unsorted,
+        )
     if duplicates:
-        logger.warning("stage %r: %d duplicate products in result lists were dropped "
-                       "(kept the first occurrence)", name, duplicates)
+        logger.warning(
+            "stage %r: %d duplicate products in result lists were dropped "
+            "(kept the first occurrence)",
+            name,
+            duplicates,
+        )
     return results, elapsed
 
 
-def _measure_latency(retriever: Retriever, texts: list[str], depth: int, n: int,
-                     warmup: int) -> dict[str, float | None]:
+def _measure_latency(
+    retriever: Retriever, texts: list[str], depth: int, n: int, warmup: int
+) -> dict[str, float | None]:
     sample = texts[:n]
     if not sample:
         return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None, "n": 0}
@@ -212,20 +233,35 @@ def _measure_latency(retriever: Retriever, texts: list[str], depth: int, n: int,
         started = time.perf_counter()
         retriever.search([text], k=depth)
         times.append((time.perf_counter() - started) * 1000.0)
-    return {"p50_ms": _percentile(times, 50), "p95_ms": _percentile(times, 95),
-            "p99_ms": _percentile(times, 99), "mean_ms": sum(times) / len(times),
-            "n": len(times)}
+    return {
+        "p50_ms": _percentile(times, 50),
+        "p95_ms": _percentile(times, 95),
+        "p99_ms": _percentile(times, 99),
+        "mean_ms": sum(times) / len(times),
+        "n": len(times),
+    }
 
 
-def run_benchmark(stages: Mapping[str, Retriever], queries: Mapping[str, str],
-                  qrels: Mapping[str, Mapping[str, int]], *, depth: int = 1000,
-                  out_dir: str | os.PathLike, batch_size: int = 64, latency_queries: int = 200,
-                  baseline: str | None = None, extra: Mapping[str, Any] | None = None,
-                  measures: Sequence[Any] | None = None,
-                  significance_measures: Sequence[str] = SIGNIFICANCE_MEASURES,
-                  significance_method: str = "randomization", n_resamples: int = 10000,
-                  seed: int = 0, warmup: int = 5, progress: bool = True,
-                  write: bool = True) -> BenchmarkReport:
+def run_benchmark(
+    stages: Mapping[str, Retriever],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    depth: int = 1000,
+    out_dir: str | os.PathLike,
+    batch_size: int = 64,
+    latency_queries: int = 200,
+    baseline: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    measures: Sequence[Any] | None = None,
+    significance_measures: Sequence[str] = SIGNIFICANCE_MEASURES,
+    significance_method: str = "randomization",
+    n_resamples: int = 10000,
+    seed: int = 0,
+    warmup: int = 5,
+    progress: bool = True,
+    write: bool = True,
+) -> BenchmarkReport:
     """Benchmark each retriever in ``stages`` (name -> retriever, in report order).
 
     For each stage: all ``queries`` are searched in batches of ``batch_size`` with
@@ -244,9 +280,15 @@ def run_benchmark(stages: Mapping[str, Retriever], queries: Mapping[str, str],
 
     With ``write=True`` the report files are written too (needs matplotlib).
     """
-    from shopsearch.benchmarks.metrics import (DEFAULT_MEASURES, count_tied_queries,
-                                               evaluable_qrels, evaluate, measure_name,
-                                               parse_measure, recall_curve)
+    from shopsearch.benchmarks.metrics import (
+        DEFAULT_MEASURES,
+        count_tied_queries,
+        evaluable_qrels,
+        evaluate,
+        measure_name,
+        parse_measure,
+        recall_curve,
+    )
     from shopsearch.benchmarks.significance import paired_test
     from shopsearch.benchmarks.trec import write_qrels, write_queries, write_run
 
@@ -254,8 +296,10 @@ def run_benchmark(stages: Mapping[str, Retriever], queries: Mapping[str, str],
         raise ValueError("no stages to benchmark")
     for name in stages:
         if not _STAGE_NAME.match(name):
-            raise ValueError(f"stage name {name!r} must be letters, digits, '.', '_', '+' or "
-                             "'-' (it becomes a file name and a run tag)")
+            raise ValueError(
+                f"stage name {name!r} must be letters, digits, '.', '_', '+' or "
+                "'-' (it becomes a file name and a run tag)"
+            )
     if depth < 1 or batch_size < 1 or latency_queries < 0:
         raise ValueError("depth and batch_size must be >= 1 and latency_queries >= 0")
     baseline = baseline if baseline is not None else next(iter(stages))
@@ -264,25 +308,36 @@ def run_benchmark(stages: Mapping[str, Retriever], queries: Mapping[str, str],
     if not queries:
         raise ValueError("no queries to run")
     measure_names = [measure_name(m) for m in (measures or DEFAULT_MEASURES)]
-    too_deep = [n for n, m in zip(measure_names, map(parse_measure, measures or DEFAULT_MEASURES))
-                if isinstance(m.params.get("cutoff"), int) and m.params["cutoff"] > depth]
+    too_deep = [
+        n
+        for n, m in zip(measure_names, map(parse_measure, measures or DEFAULT_MEASURES))
+        if isinstance(m.params.get("cutoff"), int) and m.params["cutoff"] > depth
+    ]
     if too_deep:
-        logger.warning("depth %d is below the cutoff of %s: those numbers only see the top %d",
-                       depth, ", ".join(too_deep), depth)
+        logger.warning(
+            "depth %d is below the cutoff of %s: those numbers only see the top %d",
+            depth,
+            ", ".join(too_deep),
+            depth,
+        )
 
     asked = {q: docs for q, docs in qrels.items() if q in queries}
     judged_not_asked = len(qrels) - len(asked)
     if judged_not_asked:
-        logger.warning("%d judged queries are not in the query set and are not evaluated",
-                       judged_not_asked)
+        logger.warning(
+            "%d judged queries are not in the query set and are not evaluated", judged_not_asked
+        )
     eval_qrels = evaluable_qrels(asked)
     if not eval_qrels:
         raise ValueError("none of the queries has a relevant judged product; nothing to evaluate")
     n_without_qrels = sum(1 for q in queries if q not in qrels)
     n_without_relevant = len(asked) - len(eval_qrels)
     if n_without_qrels or n_without_relevant:
-        logger.info("%d queries have no judgements and %d only grade-0 ones; they are run but "
-                    "not scored", n_without_qrels, n_without_relevant)
+        logger.info(
+            "%d queries have no judgements and %d only grade-0 ones; they are run but not scored",
+            n_without_qrels,
+            n_without_relevant,
+        )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -298,34 +353,58 @@ def run_benchmark(stages: Mapping[str, Retriever], queries: Mapping[str, str],
         run = {q: dict(pairs) for q, pairs in hits.items()}
         per_query, aggregate = evaluate(eval_qrels, run, measure_names)
         latency = _measure_latency(retriever, texts, depth, latency_queries, warmup)
-        results.append(StageResult(
-            name=name, run_file=run_path.name, metrics=aggregate, latency=latency,
-            throughput_qps=len(qids) / seconds if seconds > 0 else None,
-            batch_seconds=seconds, peak_rss_mb=_peak_rss_mb(),
-            n_results=sum(len(p) for p in hits.values()),
-            tied_queries=count_tied_queries(run, 10),
-            recall_curve=recall_curve(eval_qrels, run, depth), per_query=per_query))
-        logger.info("stage %s: %s", name,
-                    ", ".join(f"{k}={v:.4f}" for k, v in aggregate.items()))
+        results.append(
+            StageResult(
+                name=name,
+                run_file=run_path.name,
+                metrics=aggregate,
+                latency=latency,
+                throughput_qps=len(qids) / seconds if seconds > 0 else None,
+                batch_seconds=seconds,
+                peak_rss_mb=_peak_rss_mb(),
+                n_results=sum(len(p) for p in hits.values()),
+                tied_queries=count_tied_queries(run, 10),
+                recall_curve=recall_curve(eval_qrels, run, depth),
+                per_query=per_query,
+            )
+        )
+        logger.info("stage %s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in aggregate.items()))
 
     base = next(s for s in results if s.name == baseline)
     tested = [m for m in significance_measures if m in measure_names]
     for stage in results:
         if stage.name == baseline:
             continue
-        stage.significance = {m: paired_test(base.per_query[m], stage.per_query[m],
-                                             method=significance_method,
-                                             n_resamples=n_resamples, seed=seed)
-                              for m in tested}
+        stage.significance = {
+            m: paired_test(
+                base.per_query[m],
+                stage.per_query[m],
+                method=significance_method,
+                n_resamples=n_resamples,
+                seed=seed,
+            )
+            for m in tested
+        }
 
     report = BenchmarkReport(
-        stages=results, baseline=baseline, measures=measure_names, depth=depth,
-        n_queries=len(queries), n_evaluated=len(eval_qrels),
-        n_without_relevant=n_without_relevant, n_without_qrels=n_without_qrels,
-        significance_method=significance_method, n_resamples=n_resamples, seed=seed,
-        latency_queries=min(latency_queries, len(queries)), batch_size=batch_size,
-        out_dir=str(out), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        extra=dict(extra or {}), environment=_environment())
+        stages=results,
+        baseline=baseline,
+        measures=measure_names,
+        depth=depth,
+        n_queries=len(queries),
+        n_evaluated=len(eval_qrels),
+        n_without_relevant=n_without_relevant,
+        n_without_qrels=n_without_qrels,
+        significance_method=significance_method,
+        n_resamples=n_resamples,
+        seed=seed,
+        latency_queries=min(latency_queries, len(queries)),
+        batch_size=batch_size,
+        out_dir=str(out),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        extra=dict(extra or {}),
+        environment=_environment(),
+    )
     if write:
         from shopsearch.benchmarks.report import write_report
 

@@ -36,6 +36,7 @@ _WHITESPACE = re.compile(r"\s")
 
 # ---------------------------------------------------------------------------- helpers
 
+
 def _open_text(path: Path):
     # utf-8-sig: files saved by spreadsheet tools often start with a BOM, which would otherwise
     # become part of the first query id.
@@ -72,22 +73,32 @@ def _parse_grade(text: str, path: Path, line: int, field_name: str = "grade") ->
     try:
         value = float(text)
     except ValueError:
-        raise DataError(f"relevance grade {text!r} is not a number", path=str(path),
-                        line=line, field=field_name) from None
+        raise DataError(
+            f"relevance grade {text!r} is not a number", path=str(path), line=line, field=field_name
+        ) from None
     if not value.is_integer():
         # trec_eval reads grades as integers; silently truncating 0.5 would change results.
-        raise DataError(f"relevance grade {text!r} is not an integer", path=str(path),
-                        line=line, field=field_name)
+        raise DataError(
+            f"relevance grade {text!r} is not an integer",
+            path=str(path),
+            line=line,
+            field=field_name,
+        )
     return int(value)
 
 
-def _add_judgement(qrels: dict[str, dict[str, int]], qid: str, docid: str, grade: int,
-                   path: Path, line: int) -> None:
+def _add_judgement(
+    qrels: dict[str, dict[str, int]], qid: str, docid: str, grade: int, path: Path, line: int
+) -> None:
     docs = qrels.setdefault(qid, {})
     previous = docs.get(docid)
     if previous is not None and previous != grade:
-        raise DataError(f"query {qid!r} judges product {docid!r} twice with different grades "
-                        f"({previous} and {grade})", path=str(path), line=line)
+        raise DataError(
+            f"query {qid!r} judges product {docid!r} twice with different grades "
+            f"({previous} and {grade})",
+            path=str(path),
+            line=line,
+        )
     docs[docid] = grade
 
 
@@ -105,12 +116,14 @@ def _check_writable_id(value: str, what: str) -> str:
     value = str(value)
     if not value or _WHITESPACE.search(value):
         # TREC files are whitespace-separated: such an id cannot be written back unambiguously.
-        raise ValueError(f"{what} {value!r} is empty or contains whitespace; "
-                         "TREC files cannot represent it")
+        raise ValueError(
+            f"{what} {value!r} is empty or contains whitespace; TREC files cannot represent it"
+        )
     return value
 
 
 # ---------------------------------------------------------------------------- queries
+
 
 def read_queries(path: PathLike) -> dict[str, str]:
     """Read queries as ``{query_id: query}`` in file order.
@@ -133,11 +146,14 @@ def read_queries(path: PathLike) -> dict[str, str]:
         _check_id(qid, p, line, "query_id")
         text = text.strip()
         if not text:
-            raise DataError(f"query {qid!r} has empty text", path=str(p), line=line,
-                            field="query")
+            raise DataError(f"query {qid!r} has empty text", path=str(p), line=line, field="query")
         if qid in queries and queries[qid] != text:
-            raise DataError(f"query id {qid!r} appears twice with different texts",
-                            path=str(p), line=line, field="query_id")
+            raise DataError(
+                f"query id {qid!r} appears twice with different texts",
+                path=str(p),
+                line=line,
+                field="query_id",
+            )
         queries[qid] = text
 
     if _looks_like_jsonl(p):
@@ -152,12 +168,16 @@ def read_queries(path: PathLike) -> dict[str, str]:
             parts = line.split("\t", 1)
             if first:
                 first = False
-                if (len(parts) == 2 and parts[0].strip().lower() in _QUERY_ID_KEYS
-                        and parts[1].strip().lower() in _QUERY_TEXT_KEYS):
+                if (
+                    len(parts) == 2
+                    and parts[0].strip().lower() in _QUERY_ID_KEYS
+                    and parts[1].strip().lower() in _QUERY_TEXT_KEYS
+                ):
                     continue
             if len(parts) != 2:
-                raise DataError("expected 'query_id<TAB>query' (no tab found)", path=str(p),
-                                line=number)
+                raise DataError(
+                    "expected 'query_id<TAB>query' (no tab found)", path=str(p), line=number
+                )
             add(parts[0].strip(), parts[1], number)
     if not queries:
         raise DataError("no queries found", path=str(p))
@@ -179,8 +199,9 @@ def _json_object(line: str, path: Path, number: int) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=str(path),
-                        line=number) from None
+        raise DataError(
+            f"invalid JSON ({exc.msg} at column {exc.colno})", path=str(path), line=number
+        ) from None
     if not isinstance(obj, dict):
         raise DataError("expected a JSON object", path=str(path), line=number)
     return obj
@@ -191,11 +212,16 @@ def _first_key(obj: Mapping[str, Any], keys: Sequence[str], path: Path, number: 
         value = obj.get(key)
         if value is not None:
             return value
-    raise DataError(f"missing field (expected one of {', '.join(keys)})", path=str(path),
-                    line=number, field=keys[0])
+    raise DataError(
+        f"missing field (expected one of {', '.join(keys)})",
+        path=str(path),
+        line=number,
+        field=keys[0],
+    )
 
 
 # ---------------------------------------------------------------------------- qrels
+
 
 def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
     """Read relevance judgements as ``{query_id: {product_id: grade}}``.
@@ -223,14 +249,21 @@ def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
         if beir:
             parts = line.split("\t")
             if len(parts) != 3:
-                raise DataError(f"expected 3 tab-separated columns 'query-id corpus-id score',"
-                                f" found {len(parts)}", path=str(p), line=number)
+                raise DataError(
+                    f"expected 3 tab-separated columns 'query-id corpus-id score',"
+                    f" found {len(parts)}",
+                    path=str(p),
+                    line=number,
+                )
             qid, docid, grade_text = (c.strip() for c in parts)
         else:
             parts = line.split()
             if len(parts) != 4:
-                raise DataError(f"expected 4 columns 'query_id 0 product_id grade', found "
-                                f"{len(parts)}", path=str(p), line=number)
+                raise DataError(
+                    f"expected 4 columns 'query_id 0 product_id grade', found {len(parts)}",
+                    path=str(p),
+                    line=number,
+                )
             qid, _, docid, grade_text = parts
         _check_id(qid, p, number, "query_id")
         _check_id(docid, p, number, "product_id")
@@ -249,13 +282,14 @@ def write_qrels(path: PathLike, qrels: Mapping[str, Mapping[str, int]]) -> Path:
             qid = _check_writable_id(qid, "query id")
             for docid in sorted(docs):
                 grade = docs[docid]
-                if isinstance(grade, float) and not grade.is_integer():
+                if isinstance(grade, float) and not float(grade).is_integer():
                     raise ValueError(f"grade {grade!r} of ({qid!r}, {docid!r}) is not an integer")
                 f.write(f"{qid} 0 {_check_writable_id(docid, 'product id')} {int(grade)}\n")
     return p
 
 
 # ---------------------------------------------------------------------------- runs
+
 
 def read_run(path: PathLike) -> dict[str, dict[str, float]]:
     """Read a TREC run ``query_id Q0 product_id rank score tag`` as
@@ -270,32 +304,43 @@ def read_run(path: PathLike) -> dict[str, dict[str, float]]:
     for number, line in _lines(p):
         parts = line.split()
         if len(parts) != 6:
-            raise DataError(f"expected 6 columns 'query_id Q0 product_id rank score tag', found "
-                            f"{len(parts)}", path=str(p), line=number)
+            raise DataError(
+                f"expected 6 columns 'query_id Q0 product_id rank score tag', found {len(parts)}",
+                path=str(p),
+                line=number,
+            )
         qid, _, docid, rank_text, score_text, _ = parts
         try:
             int(rank_text)
         except ValueError:
-            raise DataError(f"rank {rank_text!r} is not an integer", path=str(p), line=number,
-                            field="rank") from None
+            raise DataError(
+                f"rank {rank_text!r} is not an integer", path=str(p), line=number, field="rank"
+            ) from None
         try:
             score = float(score_text)
         except ValueError:
-            raise DataError(f"score {score_text!r} is not a number", path=str(p), line=number,
-                            field="score") from None
+            raise DataError(
+                f"score {score_text!r} is not a number", path=str(p), line=number, field="score"
+            ) from None
         if math.isnan(score):
             raise DataError("score is NaN", path=str(p), line=number, field="score")
         docs = run.setdefault(qid, {})
         if docid in docs:
-            raise DataError(f"product {docid!r} appears twice for query {qid!r}", path=str(p),
-                            line=number, field="product_id")
+            raise DataError(
+                f"product {docid!r} appears twice for query {qid!r}",
+                path=str(p),
+                line=number,
+                field="product_id",
+            )
         docs[docid] = score
     return run
 
 
-def write_run(path: PathLike,
-              results: Mapping[str, Sequence[tuple[str, float]] | Mapping[str, float]],
-              tag: str) -> Path:
+def write_run(
+    path: PathLike,
+    results: Mapping[str, Sequence[tuple[str, float]] | Mapping[str, float]],
+    tag: str,
+) -> Path:
     """Write a TREC run file ``query_id Q0 product_id rank score tag``; returns the path.
 
     ``results`` maps each query id to ``(product_id, score)`` pairs (or to a

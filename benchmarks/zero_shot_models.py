@@ -55,9 +55,16 @@ def encode(model, texts: list[str], prompt_name: str, what: str, batch_size: int
     parts = []
     start = time.perf_counter()
     for i in range(0, len(texts), chunk):
-        parts.append(model.encode(texts[i:i + chunk], prompt_name=prompt_name,
-                                  batch_size=batch_size, convert_to_numpy=True,
-                                  normalize_embeddings=True, show_progress_bar=False))
+        parts.append(
+            model.encode(
+                texts[i : i + chunk],
+                prompt_name=prompt_name,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        )
         done = min(i + chunk, len(texts))
         rate = done / (time.perf_counter() - start)
         log(f"  {what}: {done}/{len(texts)} ({rate:.0f}/s)")
@@ -72,15 +79,16 @@ def load_homedepot(folder: Path, limit_products: int | None, limit_queries: int 
     from shopsearch.benchmarks.datasets import load_homedepot as load
 
     data = load(folder, "dev")
-    queries = dict(list(data.queries.items())[:limit_queries] if limit_queries
-                   else data.queries.items())
+    queries = dict(
+        list(data.queries.items())[:limit_queries] if limit_queries else data.queries.items()
+    )
     qrels = {q: data.qrels[q] for q in queries}
     products = data.products
     if limit_products is not None:
         judged = {pid for docs in qrels.values() for pid in docs}
         keep = [p for p in products if str(p["id"]) in judged]
         rest = [p for p in products if str(p["id"]) not in judged]
-        products = keep + rest[:max(0, limit_products - len(keep))]
+        products = keep + rest[: max(0, limit_products - len(keep))]
     return products, queries, qrels
 
 
@@ -96,8 +104,10 @@ def homedepot_scores(model, products, queries, qrels, batch_size: int) -> dict[s
     index = faiss.IndexFlatIP(docs.shape[1])
     index.add(docs)
     scores, rows = index.search(qvecs, min(DEPTH, len(ids)))
-    run = {q: {ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
-           for i, q in enumerate(qids)}
+    run = {
+        q: {ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
+        for i, q in enumerate(qids)
+    }
     _, aggregate = evaluate(qrels, run, MEASURES)
     return aggregate
 
@@ -107,7 +117,8 @@ def homedepot_scores(model, products, queries, qrels, batch_size: int) -> dict[s
 
 def load_qbqtc(path: Path, limit_queries: int | None) -> list[tuple[str, str, int]]:
     """``(query, title, label)`` rows; with a limit, only the rows of the first N queries."""
-    rows, seen = [], set()
+    rows: list[tuple[str, str, int]] = []
+    seen: set[str] = set()
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             obj = json.loads(line)
@@ -134,9 +145,12 @@ def pairwise_order(rows: list[tuple[str, str, int]], scores: np.ndarray) -> dict
         correct += wins
         total += g.size * b.size
         per_query.append(wins / (g.size * b.size))
-    return {"pair_acc": correct / total if total else float("nan"),
-            "query_auc": float(np.mean(per_query)) if per_query else float("nan"),
-            "pairs": total, "queries": len(per_query)}
+    return {
+        "pair_acc": correct / total if total else float("nan"),
+        "query_auc": float(np.mean(per_query)) if per_query else float("nan"),
+        "pairs": total,
+        "queries": len(per_query),
+    }
 
 
 def pooled_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -176,15 +190,26 @@ def qbqtc_scores(model, rows, batch_size: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["minilm", "e5-small"],
-                        help="registry names, folders or hub ids")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["minilm", "e5-small"],
+        help="registry names, folders or hub ids",
+    )
     parser.add_argument("--homedepot", type=Path, default=DATA / "homedepot")
     parser.add_argument("--qbqtc", type=Path, default=DATA / "qbqtc" / "dev.jsonl")
-    parser.add_argument("--limit-products", type=int, default=None,
-                        help="Home Depot: keep the judged products of the kept queries plus "
-                             "others up to this many")
-    parser.add_argument("--limit-queries", type=int, default=None,
-                        help="first N Home Depot dev queries and first N QBQTC queries")
+    parser.add_argument(
+        "--limit-products",
+        type=int,
+        default=None,
+        help="Home Depot: keep the judged products of the kept queries plus others up to this many",
+    )
+    parser.add_argument(
+        "--limit-queries",
+        type=int,
+        default=None,
+        help="first N Home Depot dev queries and first N QBQTC queries",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -195,11 +220,14 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     wall = time.perf_counter()
-    products, queries, qrels = load_homedepot(args.homedepot, args.limit_products,
-                                              args.limit_queries)
+    products, queries, qrels = load_homedepot(
+        args.homedepot, args.limit_products, args.limit_queries
+    )
     rows = load_qbqtc(args.qbqtc, args.limit_queries)
-    log(f"Home Depot dev: {len(products)} products, {len(queries)} queries; QBQTC: {len(rows)} "
-        f"pairs")
+    log(
+        f"Home Depot dev: {len(products)} products, {len(queries)} queries; QBQTC: {len(rows)} "
+        f"pairs"
+    )
 
     table = []
     for name in args.models:
@@ -210,23 +238,47 @@ def main(argv: list[str] | None = None) -> None:
         log(f"  Home Depot: {hd}")
         qb = qbqtc_scores(model, rows, args.batch_size)
         log(f"  QBQTC: {qb}")
-        table.append([name, hd["Recall@100"], hd["nDCG@10"],
-                      f"{qb['pair_acc']:.3f} ({qb['pairs']})",
-                      f"{qb['query_auc']:.3f} ({qb['queries']})", qb["auc_all"],
-                      qb["spearman"], f"{time.perf_counter() - start:.0f}"])
+        table.append(
+            [
+                name,
+                hd["Recall@100"],
+                hd["nDCG@10"],
+                f"{qb['pair_acc']:.3f} ({qb['pairs']})",
+                f"{qb['query_auc']:.3f} ({qb['queries']})",
+                qb["auc_all"],
+                qb["spearman"],
+                f"{time.perf_counter() - start:.0f}",
+            ]
+        )
         del model
 
     print()
-    print(format_table(table, ["model", "HD Recall@100", "HD nDCG@10",
-                               "QBQTC pair acc (pairs)", "QBQTC query AUC (queries)",
-                               "QBQTC AUC all 2 vs 0", "QBQTC Spearman", "seconds"],
-                       float_format=".4f"))
+    print(
+        format_table(
+            table,
+            [
+                "model",
+                "HD Recall@100",
+                "HD nDCG@10",
+                "QBQTC pair acc (pairs)",
+                "QBQTC query AUC (queries)",
+                "QBQTC AUC all 2 vs 0",
+                "QBQTC Spearman",
+                "seconds",
+            ],
+            float_format=".4f",
+        )
+    )
     print()
-    print(f"Home Depot dev: {len(products)} products, {len(queries)} queries "
-          f"({sum(1 for d in qrels.values() if any(g >= 1 for g in d.values()))} with a "
-          f"relevant product are averaged); QBQTC dev: {len(rows)} pairs.")
-    print(f"Machine: {describe_machine()}; torch threads {args.threads}; wall time "
-          f"{time.perf_counter() - wall:.0f} s")
+    print(
+        f"Home Depot dev: {len(products)} products, {len(queries)} queries "
+        f"({sum(1 for d in qrels.values() if any(g >= 1 for g in d.values()))} with a "
+        f"relevant product are averaged); QBQTC dev: {len(rows)} pairs."
+    )
+    print(
+        f"Machine: {describe_machine()}; torch threads {args.threads}; wall time "
+        f"{time.perf_counter() - wall:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ from typing import Sequence
 
 
 def display_width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else
-               0 if unicodedata.combining(ch) else 1 for ch in text)
+    return sum(
+        2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
+        for ch in text
+    )
 
 
 def clip(text: str, width: int) -> str:
@@ -30,15 +32,18 @@ def pad(text: str, width: int, right: bool = False) -> str:
     return gap + text if right else text + gap
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]],
-          right_align: Sequence[bool] | None = None) -> str:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right_align: Sequence[bool] | None = None
+) -> str:
     right_align = right_align or [False] * len(headers)
-    widths = [max([display_width(h)] + [display_width(r[i]) for r in rows])
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(pad(h, w, r) for h, w, r in zip(headers, widths, right_align)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(pad(c, w, r) for c, w, r in zip(row, widths, right_align))
-              for row in rows]
+    widths = [
+        max([display_width(h)] + [display_width(r[i]) for r in rows]) for i, h in enumerate(headers)
+    ]
+    lines = [
+        "  ".join(pad(h, w, r) for h, w, r in zip(headers, widths, right_align)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(pad(c, w, r) for c, w, r in zip(row, widths, right_align)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 

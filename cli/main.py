@@ -32,8 +32,10 @@ class FriendlyGroup(click.Group):
 
 
 def _quiet_libraries(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("jieba").setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not verbose:
@@ -80,24 +82,50 @@ def _echo_json(data: Any) -> None:
 
 
 @cli.command("build-index")
-@click.option("--catalog", type=click.Path(dir_okay=False, path_type=Path),
-              help="Catalogue file (.jsonl or .csv). Default: the built-in demo catalogue.")
-@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Index folder to write.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Bi-encoder for the dense part: a name from `search-cli models`, a local "
-                   "model folder, or a Hugging Face id.")
+@click.option(
+    "--catalog",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Catalogue file (.jsonl or .csv). Default: the built-in demo catalogue.",
+)
+@click.option(
+    "--index",
+    "index_dir",
+    default=DEFAULT_INDEX,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Index folder to write.",
+)
+@click.option(
+    "--model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Bi-encoder for the dense part: a name from `search-cli models`, a local "
+    "model folder, or a Hugging Face id.",
+)
 @click.option("--no-dense", is_flag=True, help="BM25 only: skip the dense part (fast).")
-@click.option("--factory", default=None,
-              help="FAISS factory string, e.g. 'IDMap,Flat' or 'IDMap,HNSW32,Flat'. Default: "
-                   "exact below 200,000 products, HNSW above.")
+@click.option(
+    "--factory",
+    default=None,
+    help="FAISS factory string, e.g. 'IDMap,Flat' or 'IDMap,HNSW32,Flat'. Default: "
+    "exact below 200,000 products, HNSW above.",
+)
 @click.option("--batch-size", default=64, show_default=True, help="Encoding batch size.")
-@click.option("--reranker", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="A fine-tuned cross-encoder folder to store in the index.")
+@click.option(
+    "--reranker",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="A fine-tuned cross-encoder folder to store in the index.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def build_index_cmd(catalog: Path | None, index_dir: Path, model: str, no_dense: bool,
-                    factory: str | None, batch_size: int, reranker: Path | None,
-                    as_json: bool) -> None:
+def build_index_cmd(
+    catalog: Path | None,
+    index_dir: Path,
+    model: str,
+    no_dense: bool,
+    factory: str | None,
+    batch_size: int,
+    reranker: Path | None,
+    as_json: bool,
+) -> None:
     """Build (or atomically rebuild) a search index from a catalogue.
 
     The new index is written to a temporary folder and renamed into place, so an existing
@@ -120,19 +148,30 @@ def build_index_cmd(catalog: Path | None, index_dir: Path, model: str, no_dense:
 
         say(f"loading model {model} ...")
         encoder = SentenceTransformerEncoder(model)
-    summary = build_index(products, index_dir, encoder=encoder, factory=factory,
-                          batch_size=batch_size, show_progress=not as_json, source=source,
-                          copy_reranker_from=reranker, on_stage=say)
+    summary = build_index(
+        products,
+        index_dir,
+        encoder=encoder,
+        factory=factory,
+        batch_size=batch_size,
+        show_progress=not as_json,
+        source=source,
+        copy_reranker_from=reranker,
+        on_stage=say,
+    )
     if as_json:
         _echo_json(summary.to_dict())
         return
     from shopsearch.cli.format import human_bytes
 
-    rate = (f", encoded {summary.texts_per_second:.0f} products/s"
-            if summary.texts_per_second else "")
-    click.echo(f"Built {summary.path}: {summary.products} products in {summary.seconds:.1f} s"
-               f"{rate}; {human_bytes(summary.bytes_on_disk)} on disk"
-               + (f"; FAISS {summary.factory}" if summary.factory else "; BM25 only"))
+    rate = (
+        f", encoded {summary.texts_per_second:.0f} products/s" if summary.texts_per_second else ""
+    )
+    click.echo(
+        f"Built {summary.path}: {summary.products} products in {summary.seconds:.1f} s"
+        f"{rate}; {human_bytes(summary.bytes_on_disk)} on disk"
+        + (f"; FAISS {summary.factory}" if summary.factory else "; BM25 only")
+    )
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -142,29 +181,56 @@ def _fmt(value: Any, digits: int = 3) -> str:
 @cli.command("query")
 @click.argument("text")
 @click.option("-k", "k", default=10, show_default=True, help="How many products to show.")
-@click.option("--index", "index_dir", default=DEFAULT_INDEX, show_default=True,
-              type=click.Path(path_type=Path), help="Index folder.")
+@click.option(
+    "--index",
+    "index_dir",
+    default=DEFAULT_INDEX,
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Index folder.",
+)
 @click.option("--category", help="Only this category (whole name or one level of it).")
 @click.option("--min-price", type=float, help="Lowest price, inclusive.")
 @click.option("--max-price", type=float, help="Highest price, inclusive.")
 @click.option("--reranker", help="Cross-encoder folder to rerank with (overrides the index's).")
 @click.option("--no-rerank", is_flag=True, help="Skip the reranker even if the index has one.")
-@click.option("--stage", type=click.Choice(["bm25", "dense", "hybrid", "rerank"]),
-              help="Stop the pipeline after this stage (default: the full pipeline, i.e. "
-                   "rerank when the index has a reranker, else hybrid). `benchmark` measures "
-                   "exactly these stages.")
-@click.option("--candidates", "depth", type=int,
-              help="Candidates taken from each retriever before fusion (default: the "
-                   "index's candidate depth, 100 unless tune-fusion stored another).")
-@click.option("--rerank-top", type=int,
-              help="Fused candidates the reranker re-scores (default: the tuned depth stored "
-                   "with the index's reranker, else 50).")
+@click.option(
+    "--stage",
+    type=click.Choice(["bm25", "dense", "hybrid", "rerank"]),
+    help="Stop the pipeline after this stage (default: the full pipeline, i.e. "
+    "rerank when the index has a reranker, else hybrid). `benchmark` measures "
+    "exactly these stages.",
+)
+@click.option(
+    "--candidates",
+    "depth",
+    type=int,
+    help="Candidates taken from each retriever before fusion (default: the "
+    "index's candidate depth, 100 unless tune-fusion stored another).",
+)
+@click.option(
+    "--rerank-top",
+    type=int,
+    help="Fused candidates the reranker re-scores (default: the tuned depth stored "
+    "with the index's reranker, else 50).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--explain", is_flag=True, help="Show per-stage timings and matched terms.")
-def query_cmd(text: str, k: int, index_dir: Path, category: str | None,
-              min_price: float | None, max_price: float | None, reranker: str | None,
-              no_rerank: bool, stage: str | None, depth: int | None, rerank_top: int | None,
-              as_json: bool, explain: bool) -> None:
+def query_cmd(
+    text: str,
+    k: int,
+    index_dir: Path,
+    category: str | None,
+    min_price: float | None,
+    max_price: float | None,
+    reranker: str | None,
+    no_rerank: bool,
+    stage: str | None,
+    depth: int | None,
+    rerank_top: int | None,
+    as_json: bool,
+    explain: bool,
+) -> None:
     """Search the index for TEXT (Chinese, English or both).
 
     \b
@@ -181,9 +247,14 @@ def query_cmd(text: str, k: int, index_dir: Path, category: str | None,
     if no_rerank and stage == "rerank":
         raise SearchError("--no-rerank and --stage rerank contradict each other")
     filters = Filters(category=category, min_price=min_price, max_price=max_price)
-    engine = SearchEngine.open(index_dir, reranker=reranker,
-                               use_reranker=not no_rerank and stage in (None, "rerank"),
-                               load_encoder=stage != "bm25", depth=depth, rerank_top=rerank_top)
+    engine = SearchEngine.open(
+        index_dir,
+        reranker=reranker,
+        use_reranker=not no_rerank and stage in (None, "rerank"),
+        load_encoder=stage != "bm25",
+        depth=depth,
+        rerank_top=rerank_top,
+    )
     result = engine.search(text, k=k, filters=filters, explain=explain, stage=stage)
     if as_json:
         _echo_json(result.to_dict())
@@ -196,9 +267,15 @@ def query_cmd(text: str, k: int, index_dir: Path, category: str | None,
     rows = []
     for rank, hit in enumerate(result.hits, start=1):
         product = result.products[hit.product_id]
-        row = [str(rank), hit.product_id, clip(product.title, 48),
-               _fmt(product.price, 2), _fmt(hit.scores.get("bm25"), 2),
-               _fmt(hit.scores.get("dense")), _fmt(hit.scores.get("fused"), 4)]
+        row = [
+            str(rank),
+            hit.product_id,
+            clip(product.title, 48),
+            _fmt(product.price, 2),
+            _fmt(hit.scores.get("bm25"), 2),
+            _fmt(hit.scores.get("dense")),
+            _fmt(hit.scores.get("fused"), 4),
+        ]
         if result.reranked:
             row.append(_fmt(hit.scores.get("click_probability")))
         rows.append(row)
@@ -211,7 +288,8 @@ def query_cmd(text: str, k: int, index_dir: Path, category: str | None,
     if explain:
         click.echo(f"\nquery terms (BM25): {' '.join(result.query_terms) or '(none)'}")
         for hit in result.hits:
-            click.echo(f"  {hit.product_id}: matched {', '.join(result.matched_terms.get(hit.product_id, [])) or '-'}")
+            matched = ", ".join(result.matched_terms.get(hit.product_id, [])) or "-"
+            click.echo(f"  {hit.product_id}: matched {matched}")
         timings = ", ".join(f"{name} {ms:.1f} ms" for name, ms in result.timings_ms.items())
         click.echo(f"timings: {timings}")
 
@@ -228,14 +306,38 @@ def models_cmd(as_json: bool) -> None:
 
     infos = list_models()
     if as_json:
-        _echo_json([{k: getattr(m, k) for k in ("name", "description", "languages", "dim",
-                                                "path", "size_bytes", "ready", "licence")}
-                    for m in infos])
+        _echo_json(
+            [
+                {
+                    k: getattr(m, k)
+                    for k in (
+                        "name",
+                        "description",
+                        "languages",
+                        "dim",
+                        "path",
+                        "size_bytes",
+                        "ready",
+                        "licence",
+                    )
+                }
+                for m in infos
+            ]
+        )
         return
     from shopsearch.cli.format import human_bytes, table
 
-    rows = [[m.name, m.languages, str(m.dim), human_bytes(m.size_bytes) if m.size_bytes else "-",
-             "yes" if m.ready else "built on first use", m.description] for m in infos]
+    rows = [
+        [
+            m.name,
+            m.languages,
+            str(m.dim),
+            human_bytes(m.size_bytes) if m.size_bytes else "-",
+            "yes" if m.ready else "built on first use",
+            m.description,
+        ]
+        for m in infos
+    ]
     click.echo(table(["name", "languages", "dim", "size", "ready", "description"], rows))
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from shopsearch.demo.catalog import TYPES, VOCAB, _slots, _surfaces, product_facets
 from shopsearch.errors import DataError
 from shopsearch.retrieval.types import Product
-
-from shopsearch.demo.catalog import TYPES, VOCAB, _slots, _surfaces, product_facets
 
 # A pattern matches a product when every key equals the product's canonical facet, or is one of
 # the values when given a tuple. A grade applies when any of its patterns matches; grade 2 wins
@@ -41,78 +40,146 @@ _WATCH = ("mechanical_watch", "quartz_watch")
 
 QUERY_RULES: tuple[QueryRule, ...] = (
     # ---- Chinese
-    QueryRule("zh01", "夏季连衣裙", (_p("dress", season="summer"),),
-              (_p("dress"), _p("skirt", season="summer"))),
+    QueryRule(
+        "zh01",
+        "夏季连衣裙",
+        (_p("dress", season="summer"),),
+        (_p("dress"), _p("skirt", season="summer")),
+    ),
     QueryRule("zh02", "真丝连衣裙", (_p("dress", material="silk"),), (_p("dress"),)),
-    QueryRule("zh03", "碎花连衣裙", (_p("dress", pattern="floral"),),
-              (_p("dress"), _p("skirt", pattern="floral"))),
+    QueryRule(
+        "zh03",
+        "碎花连衣裙",
+        (_p("dress", pattern="floral"),),
+        (_p("dress"), _p("skirt", pattern="floral")),
+    ),
     QueryRule("zh04", "秋冬连衣裙", (_p("dress", season="autumn_winter"),), (_p("dress"),)),
-    QueryRule("zh05", "长款雪纺连衣裙", (_p("dress", material="chiffon", length="maxi"),),
-              (_p("dress", material="chiffon"), _p("dress", length="maxi"))),
-    QueryRule("zh06", "实木双人床", (_p("bed", material="solid_wood", size=_DOUBLE),),
-              (_p("bed"), _p("bed_frame", size=_DOUBLE))),
+    QueryRule(
+        "zh05",
+        "长款雪纺连衣裙",
+        (_p("dress", material="chiffon", length="maxi"),),
+        (_p("dress", material="chiffon"), _p("dress", length="maxi")),
+    ),
+    QueryRule(
+        "zh06",
+        "实木双人床",
+        (_p("bed", material="solid_wood", size=_DOUBLE),),
+        (_p("bed"), _p("bed_frame", size=_DOUBLE)),
+    ),
     QueryRule("zh07", "四柱床", (_p("bed", style="poster"),), (_p("bed", style="canopy"),)),
     QueryRule("zh08", "床头柜", (_p("nightstand"),), (_p("dresser"),)),
     QueryRule("zh09", "五斗柜", (_p("dresser", drawers="5"),), (_p("dresser"),)),
-    QueryRule("zh10", "乳胶床垫", (_p("mattress", material=("latex", "hybrid")),), (_p("mattress"),)),
+    QueryRule(
+        "zh10", "乳胶床垫", (_p("mattress", material=("latex", "hybrid")),), (_p("mattress"),)
+    ),
     QueryRule("zh11", "羽绒被", (_p("duvet", filling="down"),), (_p("duvet"),)),
     QueryRule("zh12", "蓝牙耳机", (_p("earbuds"),), (_p("headphones"),)),
-    QueryRule("zh13", "iPhone15 手机壳", (_p("phone_case", model="iphone15"),), (_p("phone_case"),)),
+    QueryRule(
+        "zh13", "iPhone15 手机壳", (_p("phone_case", model="iphone15"),), (_p("phone_case"),)
+    ),
     QueryRule("zh14", "游戏笔记本电脑", (_p("laptop", use="gaming"),), (_p("laptop"),)),
-    QueryRule("zh15", "不粘锅", (_p(("frying_pan", "wok"), coating="nonstick"),),
-              (_p(("frying_pan", "wok")),)),
+    QueryRule(
+        "zh15",
+        "不粘锅",
+        (_p(("frying_pan", "wok"), coating="nonstick"),),
+        (_p(("frying_pan", "wok")),),
+    ),
     QueryRule("zh16", "空气炸锅", (_p("air_fryer"),)),
     QueryRule("zh17", "电饭煲", (_p("rice_cooker"),)),
     QueryRule("zh18", "跑步鞋男", (_p("running_shoes"),), (_p("sneakers"), _p("running_shorts"))),
     QueryRule("zh19", "儿童玩具", (_p(category="toys"),), (_p("picture_book"),)),
     QueryRule("zh20", "防晒霜", (_p("sunscreen"),)),
     QueryRule("zh21", "露营帐篷", (_p("tent"),), (_p("sleeping_bag"),)),
-    QueryRule("zh22", "锂电电钻", (_p("drill", power="cordless"),),
-              (_p("drill"), _p("impact_driver", power="cordless"))),
+    QueryRule(
+        "zh22",
+        "锂电电钻",
+        (_p("drill", power="cordless"),),
+        (_p("drill"), _p("impact_driver", power="cordless")),
+    ),
     QueryRule("zh23", "狗窝", (_p("pet_bed", pet="dog"),), (_p("pet_bed"),)),
     QueryRule("zh24", "双肩包", (_p("backpack"),), (_p("hiking_backpack"),)),
     QueryRule("zh25", "智能手表", (_p("smartwatch"),), (_p(_WATCH),)),
     QueryRule("zh26", "坚果零食", (_p("nuts"),), (_p(category="snacks"),)),
-    QueryRule("zh27", "护眼台灯", (_p("desk_lamp", feature="led_eye"),),
-              (_p("desk_lamp"), _p("bedside_lamp", feature="led_eye"))),
+    QueryRule(
+        "zh27",
+        "护眼台灯",
+        (_p("desk_lamp", feature="led_eye"),),
+        (_p("desk_lamp"), _p("bedside_lamp", feature="led_eye")),
+    ),
     # ---- English
-    QueryRule("en01", "king poster bed", (_p("bed", size="king", style="poster"),),
-              (_p("bed", size="king"), _p("bed", style=("poster", "canopy")))),
-    QueryRule("en02", "summer dress", (_p("dress", season="summer"),),
-              (_p("dress"), _p("skirt", season="summer"))),
+    QueryRule(
+        "en01",
+        "king poster bed",
+        (_p("bed", size="king", style="poster"),),
+        (_p("bed", size="king"), _p("bed", style=("poster", "canopy"))),
+    ),
+    QueryRule(
+        "en02",
+        "summer dress",
+        (_p("dress", season="summer"),),
+        (_p("dress"), _p("skirt", season="summer")),
+    ),
     QueryRule("en03", "silk dress", (_p("dress", material="silk"),), (_p("dress"),)),
-    QueryRule("en04", "linen maxi dress", (_p("dress", material="linen", length="maxi"),),
-              (_p("dress", material="linen"), _p("dress", length="maxi"))),
-    QueryRule("en05", "floral midi dress", (_p("dress", pattern="floral", length="midi"),),
-              (_p("dress", pattern="floral"), _p("dress", length="midi"))),
-    QueryRule("en06", "queen platform bed", (_p("bed", size="queen", style="platform"),),
-              (_p("bed", size="queen"), _p("bed", style="platform"),
-               _p("bed_frame", size="queen"))),
+    QueryRule(
+        "en04",
+        "linen maxi dress",
+        (_p("dress", material="linen", length="maxi"),),
+        (_p("dress", material="linen"), _p("dress", length="maxi")),
+    ),
+    QueryRule(
+        "en05",
+        "floral midi dress",
+        (_p("dress", pattern="floral", length="midi"),),
+        (_p("dress", pattern="floral"), _p("dress", length="midi")),
+    ),
+    QueryRule(
+        "en06",
+        "queen platform bed",
+        (_p("bed", size="queen", style="platform"),),
+        (_p("bed", size="queen"), _p("bed", style="platform"), _p("bed_frame", size="queen")),
+    ),
     QueryRule("en07", "canopy bed", (_p("bed", style="canopy"),), (_p("bed", style="poster"),)),
-    QueryRule("en08", "nightstand with drawers",
-              (_p("nightstand", storage=("two_drawers", "one_drawer")),),
-              (_p("nightstand"), _p("dresser"))),
-    QueryRule("en09", "solid wood dresser", (_p("dresser", material="solid_wood"),),
-              (_p("dresser"),)),
-    QueryRule("en10", "memory foam mattress", (_p("mattress", material="memory_foam"),),
-              (_p("mattress"),)),
+    QueryRule(
+        "en08",
+        "nightstand with drawers",
+        (_p("nightstand", storage=("two_drawers", "one_drawer")),),
+        (_p("nightstand"), _p("dresser")),
+    ),
+    QueryRule(
+        "en09", "solid wood dresser", (_p("dresser", material="solid_wood"),), (_p("dresser"),)
+    ),
+    QueryRule(
+        "en10", "memory foam mattress", (_p("mattress", material="memory_foam"),), (_p("mattress"),)
+    ),
     QueryRule("en11", "king size duvet", (_p("duvet", size="king"),), (_p("duvet"),)),
     QueryRule("en12", "wireless earbuds", (_p("earbuds"),), (_p("headphones"),)),
     QueryRule("en13", "iphone 15 case", (_p("phone_case", model="iphone15"),), (_p("phone_case"),)),
     QueryRule("en14", "gaming laptop", (_p("laptop", use="gaming"),), (_p("laptop"),)),
-    QueryRule("en15", "non-stick frying pan", (_p("frying_pan", coating="nonstick"),),
-              (_p("frying_pan"), _p("wok", coating="nonstick"))),
+    QueryRule(
+        "en15",
+        "non-stick frying pan",
+        (_p("frying_pan", coating="nonstick"),),
+        (_p("frying_pan"), _p("wok", coating="nonstick")),
+    ),
     QueryRule("en16", "air fryer", (_p("air_fryer"),)),
     QueryRule("en17", "mens running shoes", (_p("running_shoes"),), (_p("sneakers"),)),
     QueryRule("en18", "yoga pants", (_p("yoga_pants"),)),
     QueryRule("en19", "sunscreen spf 50", (_p("sunscreen", spf="spf50"),), (_p("sunscreen"),)),
     QueryRule("en20", "4 person camping tent", (_p("tent", capacity="4"),), (_p("tent"),)),
-    QueryRule("en21", "cordless drill", (_p("drill", power="cordless"),),
-              (_p("drill"), _p("impact_driver", power="cordless"))),
+    QueryRule(
+        "en21",
+        "cordless drill",
+        (_p("drill", power="cordless"),),
+        (_p("drill"), _p("impact_driver", power="cordless")),
+    ),
     QueryRule("en22", "dog bed", (_p("pet_bed", pet="dog"),), (_p("pet_bed"),)),
     QueryRule("en23", "led desk lamp", (_p("desk_lamp"),), (_p(("bedside_lamp", "floor_lamp")),)),
-    QueryRule("en24", "leather backpack", (_p("backpack", material="leather"),),
-              (_p("backpack"), _p("hiking_backpack"))),
+    QueryRule(
+        "en24",
+        "leather backpack",
+        (_p("backpack", material="leather"),),
+        (_p("backpack"), _p("hiking_backpack")),
+    ),
     QueryRule("en25", "smart watch", (_p("smartwatch"),), (_p(_WATCH),)),
     QueryRule("en26", "dark chocolate", (_p("chocolate", cocoa="dark"),), (_p("chocolate"),)),
     QueryRule("en27", "building blocks for kids", (_p("building_blocks"),), (_p(category="toys"),)),
@@ -146,8 +213,9 @@ def grade(rule: QueryRule, facets: dict[str, str]) -> int:
     return 0
 
 
-def demo_qrels(products: list[Product], *, same_language: bool = False
-               ) -> dict[str, dict[str, int]]:
+def demo_qrels(
+    products: list[Product], *, same_language: bool = False
+) -> dict[str, dict[str, int]]:
     """Graded judgements ``{query_id: {product_id: grade}}`` for every demo query.
 
     Only grades 1 and 2 are listed (unlisted = 0); a query with no relevant product maps to an
@@ -209,8 +277,9 @@ def _held_out_facets() -> set[tuple[str, str, str]]:
     return held
 
 
-def training_queries(products: list[Product], *, n_queries: int = 300, seed: int = 0
-                     ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+def training_queries(
+    products: list[Product], *, n_queries: int = 300, seed: int = 0
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """Generated two-facet training queries ("白色尼龙双肩包", "walnut rattan nightstand") with
     facet judgements, disjoint from the hand-written demo queries.
 
@@ -237,8 +306,7 @@ def training_queries(products: list[Product], *, n_queries: int = 300, seed: int
     for type_key, spec in TYPES.items():
         members = by_type.get(type_key, [])
         entries = {attr: {e[0]: e for e in VOCAB[vocab]} for attr, vocab in _slots(spec)}
-        usable = [attr for attr in entries
-                  if len({facets.get(attr) for _, facets in members}) >= 2]
+        usable = [attr for attr in entries if len({facets.get(attr) for _, facets in members}) >= 2]
         for a1, a2 in itertools.combinations(usable, 2):
             seen = {(f[a1], f[a2]) for _, f in members}  # only combinations that exist
             for v1, v2 in sorted(seen):
@@ -249,14 +317,16 @@ def training_queries(products: list[Product], *, n_queries: int = 300, seed: int
     picked = rng.sample(candidates, min(n_queries, len(candidates)))
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, int]] = {}
-    for type_key, a1, e1, a2, e2, lang in sorted(picked, key=lambda c: (c[0], c[1], c[2][0], c[3],
-                                                                         c[4][0], c[5])):
+    for type_key, a1, e1, a2, e2, lang in sorted(
+        picked, key=lambda c: (c[0], c[1], c[2][0], c[3], c[4][0], c[5])
+    ):
         spec = TYPES[type_key]
         col = 1 if lang == "zh" else 2
         v1, v2 = (rng.choice(_surfaces(e[col])) for e in (e1, e2))
         qid = f"gen:{lang}:{type_key}:{a1}={e1[0]}:{a2}={e2[0]}"
-        queries[qid] = (f"{v1}{v2}{spec.zh_name}" if lang == "zh"
-                        else f"{v1} {v2} {spec.en_name}".lower())
+        queries[qid] = (
+            f"{v1}{v2}{spec.zh_name}" if lang == "zh" else f"{v1} {v2} {spec.en_name}".lower()
+        )
         judged = {pid: (f[a1] == e1[0]) + (f[a2] == e2[0]) for pid, f in by_type[type_key]}
         qrels[qid] = {pid: g for pid, g in judged.items() if g}
     return queries, qrels

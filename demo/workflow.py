@@ -22,11 +22,12 @@ class SimulatedClicks:
 
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
-    log: list["Impression"]
+    log: list[Impression]
 
 
-def simulate_training_clicks(engine: "SearchEngine", products: list["Product"], *,
-                             n_queries: int, sessions_per_query: int = 20) -> SimulatedClicks:
+def simulate_training_clicks(
+    engine: SearchEngine, products: list[Product], *, n_queries: int, sessions_per_query: int = 20
+) -> SimulatedClicks:
     """Generated two-facet queries (never a facet a demo query asks for) shown to simulated,
     position-biased shoppers: each sees the engine's served ranking's top 10."""
     from shopsearch.demo.queries import training_queries
@@ -35,20 +36,31 @@ def simulate_training_clicks(engine: "SearchEngine", products: list["Product"], 
     queries, qrels = training_queries(products, n_queries=n_queries)
     ids = sorted(queries)
     shown = engine.stage(engine.final_stage).search([queries[q] for q in ids], 10)
-    log = simulate_click_log({q: [h.product_id for h in hits] for q, hits in zip(ids, shown)},
-                             qrels, queries, sessions_per_query=sessions_per_query)
+    log = simulate_click_log(
+        {q: [h.product_id for h in hits] for q, hits in zip(ids, shown)},
+        qrels,
+        queries,
+        sessions_per_query=sessions_per_query,
+    )
     return SimulatedClicks(queries, qrels, log)
 
 
 @dataclass
 class DemoReranker:
-    training: "RerankerRecipeResult"
-    blend: "BlendTuningResult"
+    training: RerankerRecipeResult
+    blend: BlendTuningResult
     held_out_queries: int
 
 
-def train_install_and_tune(index_dir: Path, clicks: SimulatedClicks, products: list["Product"],
-                           base_model: str, out_dir: Path, *, epochs: int = 1) -> DemoReranker:
+def train_install_and_tune(
+    index_dir: Path,
+    clicks: SimulatedClicks,
+    products: list[Product],
+    base_model: str,
+    out_dir: Path,
+    *,
+    epochs: int = 1,
+) -> DemoReranker:
     """Fine-tune a click-probability reranker on the log (EM propensities, IPW), calibrate
     it, install it into the index, then tune how much its click logit decides the order on
     the training queries it did not train on, and store that blend with it."""
@@ -61,13 +73,20 @@ def train_install_and_tune(index_dir: Path, clicks: SimulatedClicks, products: l
 
     base = str(resolve_model(base_model).path or base_model)
     result = train_reranker_from_clicks(
-        clicks.log, {p.id: p.text() for p in products}, base, out_dir, negatives_per_query=3,
-        config=RerankerTrainingConfig(epochs=epochs, batch_size=16, learning_rate=1e-4,
-                                      max_length=32, freeze_embeddings=True))
+        clicks.log,
+        {p.id: p.text() for p in products},
+        base,
+        out_dir,
+        negatives_per_query=3,
+        config=RerankerTrainingConfig(
+            epochs=epochs, batch_size=16, learning_rate=1e-4, max_length=32, freeze_embeddings=True
+        ),
+    )
     install_reranker(Path(index_dir), out_dir)
     engine = SearchEngine.open(index_dir)
     held = held_out_query_ids(out_dir, clicks.queries)
-    blend = tune_engine_blend(engine, {q: clicks.queries[q] for q in held}, clicks.qrels,
-                              tops=(10, 20, 30))
+    blend = tune_engine_blend(
+        engine, {q: clicks.queries[q] for q in held}, clicks.qrels, tops=(10, 20, 30)
+    )
     store_blend(Path(index_dir), blend, len(held))
     return DemoReranker(result, blend, len(held))

@@ -9,9 +9,11 @@ from shopsearch.index.store import SearchIndex
 from shopsearch.retrieval.base import Encoder
 
 
-def load_index_encoder(index: SearchIndex,
-                       identity: Callable[[str], dict[str, Any]] | None = None,
-                       loader: Callable[..., Encoder] | None = None) -> Encoder:
+def load_index_encoder(
+    index: SearchIndex,
+    identity: Callable[[str], dict[str, Any]] | None = None,
+    loader: Callable[..., Encoder] | None = None,
+) -> Encoder:
     """The index's encoder. Refuses a model whose weights changed since the build (revision,
     a hash of the weights) or whose vectors have another dimension: either would silently
     compare query vectors with product vectors from a different model.
@@ -20,23 +22,29 @@ def load_index_encoder(index: SearchIndex,
     tests pass their own.
     """
     if identity is None:
-        from shopsearch.models.registry import model_identity as identity
+        from shopsearch.models.registry import model_identity
+
+        identity = model_identity
     if loader is None:
-        from shopsearch.retrieval.encoders import SentenceTransformerEncoder as loader
+        from shopsearch.retrieval.encoders import SentenceTransformerEncoder
+
+        loader = SentenceTransformerEncoder
 
     recorded = index.manifest.encoder or {}
     name = recorded.get("name") or recorded.get("path")
     if not name:
-        raise IndexLoadError(f"index {index.path} has no dense part (it was built without a "
-                             f"model)")
+        raise IndexLoadError(f"index {index.path} has no dense part (it was built without a model)")
     current = identity(name)
     if recorded.get("revision") and current.get("revision") != recorded.get("revision"):
         raise IndexLoadError(
             f"index {index.path} was built with model {name!r} revision "
             f"{recorded.get('revision')}, but that model now resolves to revision "
-            f"{current.get('revision')}; rebuild the index with `search-cli build-index`")
+            f"{current.get('revision')}; rebuild the index with `search-cli build-index`"
+        )
     encoder = loader(name, max_length=recorded.get("max_length", 128))
     if encoder.dim != recorded.get("dim"):
-        raise IndexLoadError(f"index {index.path} holds {recorded.get('dim')}-d vectors but "
-                             f"model {name!r} makes {encoder.dim}-d ones; rebuild the index")
+        raise IndexLoadError(
+            f"index {index.path} holds {recorded.get('dim')}-d vectors but "
+            f"model {name!r} makes {encoder.dim}-d ones; rebuild the index"
+        )
     return encoder

@@ -46,14 +46,18 @@ class Manifest:
         (folder / MANIFEST_FILE).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
-    def read(cls, folder: Path) -> "Manifest":
+    def read(cls, folder: Path) -> Manifest:
         path = folder / MANIFEST_FILE
         if not folder.exists():
-            raise IndexLoadError(f"index folder {folder} does not exist; build one with "
-                                 f"`search-cli build-index --index {folder}`")
+            raise IndexLoadError(
+                f"index folder {folder} does not exist; build one with "
+                f"`search-cli build-index --index {folder}`"
+            )
         if not path.is_file():
-            raise IndexLoadError(f"{folder} is not a shopsearch index (no {MANIFEST_FILE}); "
-                                 f"build one with `search-cli build-index --index {folder}`")
+            raise IndexLoadError(
+                f"{folder} is not a shopsearch index (no {MANIFEST_FILE}); "
+                f"build one with `search-cli build-index --index {folder}`"
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -64,7 +68,8 @@ class Manifest:
         if version != FORMAT_VERSION:
             raise IndexLoadError(
                 f"{folder} has index format version {version}, this shopsearch {__version__} "
-                f"reads version {FORMAT_VERSION}; rebuild it with `search-cli build-index`")
+                f"reads version {FORMAT_VERSION}; rebuild it with `search-cli build-index`"
+            )
         known = set(cls.__dataclass_fields__)
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
@@ -87,9 +92,12 @@ def check_files(folder: Path, manifest: Manifest, *, verify_hashes: bool = False
         if not path.is_file():
             raise IndexLoadError(f"index {folder} is damaged: {name} is missing; rebuild it")
         if path.stat().st_size != record["bytes"]:
-            raise IndexLoadError(f"index {folder} is damaged: {name} has "
-                                 f"{path.stat().st_size} bytes, the manifest says "
-                                 f"{record['bytes']}; rebuild it")
+            raise IndexLoadError(
+                f"index {folder} is damaged: {name} has "
+                f"{path.stat().st_size} bytes, the manifest says "
+                f"{record['bytes']}; rebuild it"
+            )
         if verify_hashes and file_record(path)["sha256"] != record["sha256"]:
-            raise IndexLoadError(f"index {folder} is damaged: {name} does not match its "
-                                 f"checksum; rebuild it")
+            raise IndexLoadError(
+                f"index {folder} is damaged: {name} does not match its checksum; rebuild it"
+            )

@@ -27,8 +27,7 @@ import numpy as np
 
 from shopsearch.errors import IndexLoadError, SearchError
 from shopsearch.files import replace_folder
-from shopsearch.index.catalog import (catalog_hash, read_products, record_to_product,
-                                      write_products)
+from shopsearch.index.catalog import catalog_hash, read_products, record_to_product, write_products
 from shopsearch.index.manifest import MANIFEST_FILE, Manifest, check_files, file_record
 from shopsearch.retrieval.analysis import Analyzer
 from shopsearch.retrieval.base import Encoder
@@ -58,24 +57,38 @@ class BuildSummary:
     factory: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": str(self.path), "products": self.products,
-                "seconds": round(self.seconds, 2), "bytes_on_disk": self.bytes_on_disk,
-                "encode_seconds": round(self.encode_seconds, 2),
-                "texts_per_second": round(self.texts_per_second, 1), "faiss_factory": self.factory}
+        return {
+            "index": str(self.path),
+            "products": self.products,
+            "seconds": round(self.seconds, 2),
+            "bytes_on_disk": self.bytes_on_disk,
+            "encode_seconds": round(self.encode_seconds, 2),
+            "texts_per_second": round(self.texts_per_second, 1),
+            "faiss_factory": self.factory,
+        }
 
 
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def build_index(products: list[Product], target: Path, *, encoder: Encoder | None,
-                analyzer: Analyzer | None = None, bm25_params: BM25Params = BM25Params(),
-                factory: str | None = None, fusion: FusionConfig = FusionConfig(),
-                batch_size: int = 64, show_progress: bool = False, source: str = "",
-                copy_reranker_from: Path | None = None,
-                reranker_record: Mapping[str, Any] | None = None,
-                candidate_depth: int = DEFAULT_DEPTH,
-                on_stage: Callable[[str], None] | None = None) -> BuildSummary:
+def build_index(
+    products: list[Product],
+    target: Path,
+    *,
+    encoder: Encoder | None,
+    analyzer: Analyzer | None = None,
+    bm25_params: BM25Params = BM25Params(),
+    factory: str | None = None,
+    fusion: FusionConfig = FusionConfig(),
+    batch_size: int = 64,
+    show_progress: bool = False,
+    source: str = "",
+    copy_reranker_from: Path | None = None,
+    reranker_record: Mapping[str, Any] | None = None,
+    candidate_depth: int = DEFAULT_DEPTH,
+    on_stage: Callable[[str], None] | None = None,
+) -> BuildSummary:
     """Build a complete index of ``products`` into ``target`` (replacing an index there).
 
     Everything is written into a temporary sibling folder first and renamed into place.
@@ -89,8 +102,10 @@ def build_index(products: list[Product], target: Path, *, encoder: Encoder | Non
     if target.exists() and not target.is_dir():
         raise SearchError(f"{target} exists and is not a folder")
     if target.exists() and not (target / MANIFEST_FILE).is_file() and any(target.iterdir()):
-        raise SearchError(f"{target} exists and is not a shopsearch index; refusing to "
-                          f"overwrite it (choose another --index folder)")
+        raise SearchError(
+            f"{target} exists and is not a shopsearch index; refusing to "
+            f"overwrite it (choose another --index folder)"
+        )
     analyzer = analyzer or Analyzer()
     notify = on_stage or (lambda _msg: None)
     started = time.perf_counter()
@@ -104,7 +119,8 @@ def build_index(products: list[Product], target: Path, *, encoder: Encoder | Non
         notify("BM25: analysing text")
         bm25 = BM25Index.build(analyzer.tokenize_many(texts), bm25_params)
         (tmp / "bm25_vocabulary.json").write_text(
-            json.dumps(bm25.vocabulary, ensure_ascii=False), encoding="utf-8")
+            json.dumps(bm25.vocabulary, ensure_ascii=False), encoding="utf-8"
+        )
         for name, array in bm25.to_arrays().items():
             np.save(tmp / f"bm25_{name}.npy", array, allow_pickle=False)
 
@@ -115,8 +131,9 @@ def build_index(products: list[Product], target: Path, *, encoder: Encoder | Non
 
             notify(f"dense: encoding {len(texts)} products with {encoder.name}")
             t0 = time.perf_counter()
-            vectors = encoder.encode_documents(texts, batch_size=batch_size,
-                                               show_progress=show_progress)
+            vectors = encoder.encode_documents(
+                texts, batch_size=batch_size, show_progress=show_progress
+            )
             encode_seconds = time.perf_counter() - t0
             factory = factory or choose_factory(len(products))
             notify(f"dense: building FAISS index {factory!r}")
@@ -132,22 +149,34 @@ def build_index(products: list[Product], target: Path, *, encoder: Encoder | Non
 
         files = {p.name: file_record(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = Manifest(
-            products=len(products), catalog_sha256=catalog_hash(products),
+            products=len(products),
+            catalog_sha256=catalog_hash(products),
             analyzer=analyzer.config(),
             bm25={**bm25.params_dict(), "vocabulary_size": len(bm25.vocabulary)},
-            encoder=encoder_info, faiss=faiss_info, fusion=fusion.to_dict(), files=files,
-            reranker=reranker_info, catalog_source=source, candidate_depth=candidate_depth,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            encoder=encoder_info,
+            faiss=faiss_info,
+            fusion=fusion.to_dict(),
+            files=files,
+            reranker=reranker_info,
+            catalog_source=source,
+            candidate_depth=candidate_depth,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         manifest.write(tmp)
         replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     n = len(products)
-    return BuildSummary(path=target, products=n, seconds=time.perf_counter() - started,
-                        bytes_on_disk=folder_size(target), encode_seconds=encode_seconds,
-                        texts_per_second=n / encode_seconds if encode_seconds else 0.0,
-                        factory=faiss_info["factory"] if faiss_info else None)
+    return BuildSummary(
+        path=target,
+        products=n,
+        seconds=time.perf_counter() - started,
+        bytes_on_disk=folder_size(target),
+        encode_seconds=encode_seconds,
+        texts_per_second=n / encode_seconds if encode_seconds else 0.0,
+        factory=str(faiss_info["factory"]) if faiss_info else None,
+    )
 
 
 def _reranker_info(folder: Path) -> dict[str, Any]:
@@ -183,7 +212,8 @@ def check_catalog(index_dir: Path, records: Sequence[Mapping[str, Any]], source:
             f"index {index_dir} was built from another catalogue than {source} "
             f"({manifest.products} products indexed, {len(products)} in the data set; the "
             f"catalogue hashes differ): its judgements would point at other products. Build "
-            f"the index from the data set's catalogue with `search-cli build-index --catalog`")
+            f"the index from the data set's catalogue with `search-cli build-index --catalog`"
+        )
 
 
 def install_reranker(index_dir: Path, model_dir: Path) -> Manifest:
@@ -223,19 +253,23 @@ class SearchIndex:
     def faiss_index(self) -> Any:
         if self._faiss is None:
             if not self.has_dense:
-                raise IndexLoadError(f"index {self.path} has no dense part; rebuild it with "
-                                     f"--model")
+                raise IndexLoadError(
+                    f"index {self.path} has no dense part; rebuild it with --model"
+                )
             import faiss
 
             try:
                 self._faiss = faiss.read_index(str(self.path / FAISS_FILE))
             except RuntimeError as exc:
-                raise IndexLoadError(f"index {self.path}: cannot read {FAISS_FILE} ({exc}); "
-                                     f"rebuild it") from None
+                raise IndexLoadError(
+                    f"index {self.path}: cannot read {FAISS_FILE} ({exc}); rebuild it"
+                ) from None
             if self._faiss.ntotal != self.manifest.products:
-                raise IndexLoadError(f"index {self.path} is damaged: FAISS holds "
-                                     f"{self._faiss.ntotal} vectors for "
-                                     f"{self.manifest.products} products; rebuild it")
+                raise IndexLoadError(
+                    f"index {self.path} is damaged: FAISS holds "
+                    f"{self._faiss.ntotal} vectors for "
+                    f"{self.manifest.products} products; rebuild it"
+                )
         return self._faiss
 
     @property
@@ -251,23 +285,37 @@ def load_index(folder: str | Path, *, verify_hashes: bool = False) -> SearchInde
     check_files(folder, manifest, verify_hashes=verify_hashes)
     current = Analyzer().config()
     if {k: manifest.analyzer.get(k) for k in ("name", "version")} != {
-            k: current[k] for k in ("name", "version")}:
-        raise IndexLoadError(f"index {folder} was analysed with {manifest.analyzer}, this "
-                             f"version uses {current}; rebuild it")
+        k: current[k] for k in ("name", "version")
+    }:
+        raise IndexLoadError(
+            f"index {folder} was analysed with {manifest.analyzer}, this "
+            f"version uses {current}; rebuild it"
+        )
     try:
         products = read_products(folder / PRODUCTS_FILE)
         vocabulary = json.loads((folder / "bm25_vocabulary.json").read_text(encoding="utf-8"))
-        arrays = {name: np.load(folder / f"bm25_{name}.npy", allow_pickle=False)
-                  for name in _BM25_ARRAYS}
+        arrays = {
+            name: np.load(folder / f"bm25_{name}.npy", allow_pickle=False) for name in _BM25_ARRAYS
+        }
     except (ValueError, OSError) as exc:
         raise IndexLoadError(f"index {folder} is damaged ({exc}); rebuild it") from None
     if len(products) != manifest.products:
-        raise IndexLoadError(f"index {folder} is damaged: {len(products)} products stored, "
-                             f"manifest says {manifest.products}; rebuild it")
+        raise IndexLoadError(
+            f"index {folder} is damaged: {len(products)} products stored, "
+            f"manifest says {manifest.products}; rebuild it"
+        )
     params = BM25Params(**{k: manifest.bm25[k] for k in ("k1", "b", "epsilon")})
-    bm25 = BM25Index(vocabulary, arrays["indptr"], arrays["doc_indices"],
-                     arrays["contributions"], len(products), params)
-    analyzer = Analyzer(stem=manifest.analyzer.get("stem", True),
-                        stopwords=manifest.analyzer.get("stopwords", True))
-    return SearchIndex(path=folder, manifest=manifest, products=products, bm25=bm25,
-                       analyzer=analyzer)
+    bm25 = BM25Index(
+        vocabulary,
+        arrays["indptr"],
+        arrays["doc_indices"],
+        arrays["contributions"],
+        len(products),
+        params,
+    )
+    analyzer = Analyzer(
+        stem=manifest.analyzer.get("stem", True), stopwords=manifest.analyzer.get("stopwords", True)
+    )
+    return SearchIndex(
+        path=folder, manifest=manifest, products=products, bm25=bm25, analyzer=analyzer
+    )

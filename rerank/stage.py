@@ -21,23 +21,36 @@ class RerankedRetriever:
 
     name = "rerank"
 
-    def __init__(self, first_stage: Retriever, reranker: Reranker,
-                 product_texts: Mapping[str, str], blend: BlendConfig = BlendConfig()) -> None:
+    def __init__(
+        self,
+        first_stage: Retriever,
+        reranker: Reranker,
+        product_texts: Mapping[str, str],
+        blend: BlendConfig = BlendConfig(),
+    ) -> None:
         self.first_stage = first_stage
         self.reranker = reranker
         self.product_texts = product_texts
         self.blend = blend
 
-    def search(self, queries: Sequence[str], k: int = 10, filters: Filters | None = None, *,
-               timings: Timings | None = None) -> list[list[Hit]]:
-        candidates = self.first_stage.search(queries, max(k, self.blend.top), filters,
-                                             timings=timings)
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filters: Filters | None = None,
+        *,
+        timings: Timings | None = None,
+    ) -> list[list[Hit]]:
+        candidates = self.first_stage.search(
+            queries, max(k, self.blend.top), filters, timings=timings
+        )
         results = []
         for query, hits in zip(queries, candidates):
             with timed(timings, "rerank"):
-                head = hits[:self.blend.top]
-                logits = self.reranker.logits(query, [self.product_texts[h.product_id]
-                                                      for h in head])
+                head = hits[: self.blend.top]
+                logits = self.reranker.logits(
+                    query, [self.product_texts[h.product_id] for h in head]
+                )
                 probabilities = self.reranker.probabilities(logits)
                 results.append(rerank_order(hits, logits, probabilities, self.blend)[:k])
         return results

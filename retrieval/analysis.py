@@ -16,9 +16,7 @@ import unicodedata
 from typing import Any
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN_RE = re.compile(
-    rf"(?P<cjk>[{_CJK}]+)|(?P<word>[^\W_{_CJK}]+(?:\.\d[^\W_{_CJK}]*)*)"
-)
+_TOKEN_RE = re.compile(rf"(?P<cjk>[{_CJK}]+)|(?P<word>[^\W_{_CJK}]+(?:\.\d[^\W_{_CJK}]*)*)")
 _ASCII_ALPHA = re.compile(r"^[a-z]+$")
 
 ENGLISH_STOPWORDS = frozenset(
@@ -45,8 +43,12 @@ class Analyzer:
 
     def config(self) -> dict[str, Any]:
         """What the index manifest records, so query time can refuse a different analyser."""
-        return {"name": ANALYZER_NAME, "version": ANALYZER_VERSION, "stem": self.stem,
-                "stopwords": self.stopwords}
+        return {
+            "name": ANALYZER_NAME,
+            "version": ANALYZER_VERSION,
+            "stem": self.stem,
+            "stopwords": self.stopwords,
+        }
 
     def _cut_chinese(self, run: str) -> list[str]:
         if self._jieba is None:
@@ -85,4 +87,3 @@ class Analyzer:
 
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
         return [self.tokenize(t) for t in texts]
-

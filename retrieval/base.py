@@ -31,8 +31,9 @@ class Encoder(Protocol):
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray: ...
 
-    def encode_documents(self, texts: Sequence[str], batch_size: int = 64,
-                         show_progress: bool = False) -> np.ndarray: ...
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -40,8 +41,14 @@ class Retriever(Protocol):
     """Answers a batch of queries with at most ``k`` hits each, sorted by ``(-score, id)``,
     restricted to the products ``filters`` allow."""
 
-    def search(self, queries: Sequence[str], k: int = 10, filters: Filters | None = None, *,
-               timings: Timings | None = None) -> list[list[Hit]]: ...
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filters: Filters | None = None,
+        *,
+        timings: Timings | None = None,
+    ) -> list[list[Hit]]: ...
 
 
 @runtime_checkable
@@ -54,9 +61,14 @@ class Reranker(Protocol):
     trained with; ``calibrated`` says whether ``probabilities`` uses a fitted calibrator.
     """
 
-    name: str
-    calibrated: bool
-    max_length: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def calibrated(self) -> bool: ...
+
+    @property
+    def max_length(self) -> int: ...
 
     def logits(self, query: str, texts: Sequence[str]) -> np.ndarray: ...
 

@@ -30,8 +30,15 @@ class BM25Params:
 class BM25Index:
     """Term-by-document BM25 contributions. Documents are addressed by their row number."""
 
-    def __init__(self, vocabulary: dict[str, int], indptr: np.ndarray, doc_indices: np.ndarray,
-                 contributions: np.ndarray, n_docs: int, params: BM25Params) -> None:
+    def __init__(
+        self,
+        vocabulary: dict[str, int],
+        indptr: np.ndarray,
+        doc_indices: np.ndarray,
+        contributions: np.ndarray,
+        n_docs: int,
+        params: BM25Params,
+    ) -> None:
         self.vocabulary = vocabulary
         self.indptr = indptr
         self.doc_indices = doc_indices
@@ -40,8 +47,9 @@ class BM25Index:
         self.params = params
 
     @classmethod
-    def build(cls, tokenized_docs: Sequence[Sequence[str]], params: BM25Params = BM25Params()
-              ) -> "BM25Index":
+    def build(
+        cls, tokenized_docs: Sequence[Sequence[str]], params: BM25Params = BM25Params()
+    ) -> BM25Index:
         n_docs = len(tokenized_docs)
         if n_docs == 0:
             raise ValueError("cannot build BM25 over an empty collection")
@@ -73,8 +81,14 @@ class BM25Index:
         order = np.lexsort((col_arr, row_arr))
         indptr = np.zeros(len(vocabulary) + 1, dtype=np.int64)
         np.cumsum(np.bincount(row_arr, minlength=len(vocabulary)), out=indptr[1:])
-        return cls(vocabulary, indptr, col_arr[order].astype(np.int32),
-                   contrib[order].astype(np.float32), n_docs, params)
+        return cls(
+            vocabulary,
+            indptr,
+            col_arr[order].astype(np.int32),
+            contrib[order].astype(np.float32),
+            n_docs,
+            params,
+        )
 
     def known_terms(self, terms: Iterable[str]) -> list[str]:
         return [t for t in terms if t in self.vocabulary]
@@ -95,8 +109,9 @@ class BM25Index:
             matched[docs] = True
         return scores, matched
 
-    def top_k(self, terms: Sequence[str], k: int, allowed: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(
+        self, terms: Sequence[str], k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Row numbers and scores of the best ``k`` matching documents, best first; ties by row
         number (rows are in product-id order, so ties break by id)."""
         scores, matched = self.score(terms)
@@ -115,15 +130,19 @@ class BM25Index:
 
     # Persistence helpers: plain arrays, saved by index/ as .npy and JSON.
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"indptr": self.indptr, "doc_indices": self.doc_indices,
-                "contributions": self.contributions}
+        return {
+            "indptr": self.indptr,
+            "doc_indices": self.doc_indices,
+            "contributions": self.contributions,
+        }
 
     def params_dict(self) -> dict[str, float]:
         return asdict(self.params)
 
 
-def backoff_terms(terms: Sequence[str], vocabulary: dict[str, int], max_piece: int = 6
-                  ) -> list[str]:
+def backoff_terms(
+    terms: Sequence[str], vocabulary: dict[str, int], max_piece: int = 6
+) -> list[str]:
     """Replace query terms the index has never seen by in-vocabulary pieces of them.
 
     jieba may keep a query word whole (e.g. 碎花裙) that the catalogue only has in parts

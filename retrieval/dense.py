@@ -39,23 +39,34 @@ def build_faiss_index(vectors: np.ndarray, factory: str) -> Any:
     return index
 
 
-def _search_parameters(index: Any, allowed_rows: np.ndarray | None, ef_search: int,
-                       nprobe: int) -> Any:
+def _search_parameters(
+    index: Any, allowed_rows: np.ndarray | None, ef_search: int, nprobe: int
+) -> Any:
     import faiss
 
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    selector = (faiss.IDSelectorBatch(np.asarray(allowed_rows, dtype=np.int64))
-                if allowed_rows is not None else None)
+    selector = (
+        faiss.IDSelectorBatch(np.asarray(allowed_rows, dtype=np.int64))
+        if allowed_rows is not None
+        else None
+    )
+    # faiss's bundled stubs lack the search-parameter classes' keyword constructors.
     if isinstance(inner, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search)
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=ef_search)  # type: ignore[attr-defined]
     if isinstance(inner, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-    return faiss.SearchParameters(sel=selector) if selector is not None else None
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # type: ignore[call-arg]
+    return faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
 
 
-def search_index(index: Any, query_vectors: np.ndarray, k: int,
-                 allowed_rows: np.ndarray | None = None, *, ef_search: int = DEFAULT_EF_SEARCH,
-                 nprobe: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def search_index(
+    index: Any,
+    query_vectors: np.ndarray,
+    k: int,
+    allowed_rows: np.ndarray | None = None,
+    *,
+    ef_search: int = DEFAULT_EF_SEARCH,
+    nprobe: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows and inner products per query, shapes ``(n_queries, k)``.
 
     ``allowed_rows`` restricts the search inside FAISS (an ID selector) rather than filtering

@@ -28,18 +28,19 @@ class Filters:
     max_price: float | None = None
 
     def __post_init__(self) -> None:
-        if (self.min_price is not None and self.max_price is not None
-                and self.min_price > self.max_price):
-            raise SearchError(f"--min-price {self.min_price} is above --max-price "
-                              f"{self.max_price}")
+        if (
+            self.min_price is not None
+            and self.max_price is not None
+            and self.min_price > self.max_price
+        ):
+            raise SearchError(f"--min-price {self.min_price} is above --max-price {self.max_price}")
 
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.category, self.min_price, self.max_price))
 
     def to_dict(self) -> dict[str, object]:
-        return {"category": self.category, "min_price": self.min_price,
-                "max_price": self.max_price}
+        return {"category": self.category, "min_price": self.min_price, "max_price": self.max_price}
 
 
 def category_keys(category: str) -> set[str]:
@@ -55,15 +56,16 @@ class FilterIndex:
     def __init__(self, products: Sequence[Product]) -> None:
         names: dict[str, int] = {}
         self._category_codes = np.array(
-            [names.setdefault(p.category, len(names)) for p in products], dtype=np.int32)
+            [names.setdefault(p.category, len(names)) for p in products], dtype=np.int32
+        )
         by_key: dict[str, list[int]] = {}
         for name, code in names.items():
             for key in category_keys(name):
                 by_key.setdefault(key, []).append(code)
-        self._codes_by_key = {key: np.array(codes, dtype=np.int32)
-                              for key, codes in by_key.items()}
-        self._prices = np.array([np.nan if p.price is None else p.price for p in products],
-                                dtype=np.float64)
+        self._codes_by_key = {key: np.array(codes, dtype=np.int32) for key, codes in by_key.items()}
+        self._prices = np.array(
+            [np.nan if p.price is None else p.price for p in products], dtype=np.float64
+        )
 
     def __len__(self) -> int:
         return len(self._prices)

@@ -26,15 +26,23 @@ class FusionConfig:
     normalization: Literal["minmax", "zscore"] = "minmax"
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "rrf_k": self.rrf_k, "weights": list(self.weights),
-                "alpha": self.alpha, "normalization": self.normalization}
+        return {
+            "method": self.method,
+            "rrf_k": self.rrf_k,
+            "weights": list(self.weights),
+            "alpha": self.alpha,
+            "normalization": self.normalization,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FusionConfig":
-        return cls(method=data.get("method", "rrf"), rrf_k=float(data.get("rrf_k", 60.0)),
-                   weights=tuple(float(w) for w in data.get("weights", (1.0, 1.0))),
-                   alpha=float(data.get("alpha", 0.5)),
-                   normalization=data.get("normalization", "minmax"))
+    def from_dict(cls, data: dict) -> FusionConfig:
+        return cls(
+            method=data.get("method", "rrf"),
+            rrf_k=float(data.get("rrf_k", 60.0)),
+            weights=tuple(float(w) for w in data.get("weights", (1.0, 1.0))),
+            alpha=float(data.get("alpha", 0.5)),
+            normalization=data.get("normalization", "minmax"),
+        )
 
 
 def _merge_scores(ranked_lists: Sequence[list[Hit]], fused: dict[str, float]) -> list[Hit]:
@@ -43,12 +51,14 @@ def _merge_scores(ranked_lists: Sequence[list[Hit]], fused: dict[str, float]) ->
     for hits in ranked_lists:
         for hit in hits:
             stage_scores[hit.product_id].update(hit.scores)
-    return sort_hits([Hit(pid, score, {**stage_scores[pid], "fused": score})
-                      for pid, score in fused.items()])
+    return sort_hits(
+        [Hit(pid, score, {**stage_scores[pid], "fused": score}) for pid, score in fused.items()]
+    )
 
 
-def reciprocal_rank_fusion(ranked_lists: Sequence[list[Hit]], *, k: float = 60.0,
-                           weights: Sequence[float] | None = None) -> list[Hit]:
+def reciprocal_rank_fusion(
+    ranked_lists: Sequence[list[Hit]], *, k: float = 60.0, weights: Sequence[float] | None = None
+) -> list[Hit]:
     """RRF (Cormack et al., 2009): score(d) = sum_i w_i / (k + rank_i(d)), ranks from 1.
 
     A product missing from a list contributes nothing from it; an empty list contributes
@@ -81,8 +91,13 @@ def normalize_scores(scores: np.ndarray, method: Literal["minmax", "zscore"]) ->
     raise ValueError(f"unknown normalisation {method!r}; use 'minmax' or 'zscore'")
 
 
-def convex_combination(sparse: list[Hit], dense: list[Hit], *, alpha: float = 0.5,
-                       normalization: Literal["minmax", "zscore"] = "minmax") -> list[Hit]:
+def convex_combination(
+    sparse: list[Hit],
+    dense: list[Hit],
+    *,
+    alpha: float = 0.5,
+    normalization: Literal["minmax", "zscore"] = "minmax",
+) -> list[Hit]:
     """score(d) = alpha * norm(dense)(d) + (1 - alpha) * norm(sparse)(d).
 
     Each list is normalised on its own candidates. A product absent from one list takes that
@@ -98,8 +113,11 @@ def convex_combination(sparse: list[Hit], dense: list[Hit], *, alpha: float = 0.
         normalised.append({h.product_id: float(v) for h, v in zip(hits, values)})
         floors.append(float(values.min()) if len(values) else 0.0)
     ids = set(normalised[0]) | set(normalised[1])
-    fused = {pid: (1 - alpha) * normalised[0].get(pid, floors[0])
-             + alpha * normalised[1].get(pid, floors[1]) for pid in ids}
+    fused = {
+        pid: (1 - alpha) * normalised[0].get(pid, floors[0])
+        + alpha * normalised[1].get(pid, floors[1])
+        for pid in ids
+    }
     return _merge_scores([sparse, dense], fused)
 
 
@@ -107,6 +125,7 @@ def fuse(sparse: list[Hit], dense: list[Hit], config: FusionConfig) -> list[Hit]
     if config.method == "rrf":
         return reciprocal_rank_fusion([sparse, dense], k=config.rrf_k, weights=config.weights)
     if config.method == "convex":
-        return convex_combination(sparse, dense, alpha=config.alpha,
-                                  normalization=config.normalization)
+        return convex_combination(
+            sparse, dense, alpha=config.alpha, normalization=config.normalization
+        )
     raise ValueError(f"unknown fusion method {config.method!r}; use 'rrf' or 'convex'")

@@ -29,8 +29,13 @@ class HybridRetriever:
 
     name = "hybrid"
 
-    def __init__(self, sparse: Retriever, dense: Retriever | None, fusion: FusionConfig,
-                 depth: int = DEFAULT_DEPTH) -> None:
+    def __init__(
+        self,
+        sparse: Retriever,
+        dense: Retriever | None,
+        fusion: FusionConfig,
+        depth: int = DEFAULT_DEPTH,
+    ) -> None:
         if depth < 1:
             raise ValueError(f"candidate depth must be >= 1, got {depth}")
         self.sparse = sparse
@@ -38,12 +43,20 @@ class HybridRetriever:
         self.fusion = fusion
         self.depth = depth
 
-    def search(self, queries: Sequence[str], k: int = 10, filters: Filters | None = None, *,
-               timings: Timings | None = None) -> list[list[Hit]]:
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filters: Filters | None = None,
+        *,
+        timings: Timings | None = None,
+    ) -> list[list[Hit]]:
         sparse = self.sparse.search(queries, self.depth, filters, timings=timings)
         if self.dense is None:
-            return [[Hit(h.product_id, h.score, {**h.scores, "fused": h.score})
-                     for h in hits[:k]] for hits in sparse]
+            return [
+                [Hit(h.product_id, h.score, {**h.scores, "fused": h.score}) for h in hits[:k]]
+                for hits in sparse
+            ]
         dense = self.dense.search(queries, self.depth, filters, timings=timings)
         with timed(timings, "fusion"):
             return [fuse(s, d, self.fusion)[:k] for s, d in zip(sparse, dense)]

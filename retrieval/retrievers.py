@@ -26,8 +26,13 @@ class BM25Retriever:
 
     name = "bm25"
 
-    def __init__(self, bm25: BM25Index, analyzer: Analyzer, product_ids: Sequence[str],
-                 filter_index: FilterIndex) -> None:
+    def __init__(
+        self,
+        bm25: BM25Index,
+        analyzer: Analyzer,
+        product_ids: Sequence[str],
+        filter_index: FilterIndex,
+    ) -> None:
         self.bm25 = bm25
         self.analyzer = analyzer
         self.product_ids = list(product_ids)
@@ -37,8 +42,14 @@ class BM25Retriever:
         """The query's BM25 terms, with unknown Chinese words backed off to known pieces."""
         return backoff_terms(self.analyzer.tokenize(query), self.bm25.vocabulary)
 
-    def search(self, queries: Sequence[str], k: int = 10, filters: Filters | None = None, *,
-               timings: Timings | None = None) -> list[list[Hit]]:
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filters: Filters | None = None,
+        *,
+        timings: Timings | None = None,
+    ) -> list[list[Hit]]:
         with timed(timings, "filters"):
             allowed = self.filter_index.mask(filters)
         results = []
@@ -47,8 +58,12 @@ class BM25Retriever:
                 terms = self.analyse(query)
             with timed(timings, "bm25"):
                 rows, scores = self.bm25.top_k(terms, k, allowed)
-                results.append([Hit(self.product_ids[r], float(s), {"bm25": float(s)})
-                                for r, s in zip(rows, scores)])
+                results.append(
+                    [
+                        Hit(self.product_ids[r], float(s), {"bm25": float(s)})
+                        for r, s in zip(rows, scores)
+                    ]
+                )
         return results
 
 
@@ -57,28 +72,50 @@ class DenseRetriever:
 
     name = "dense"
 
-    def __init__(self, encoder: Encoder, faiss_index: Any, product_ids: Sequence[str],
-                 filter_index: FilterIndex) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        faiss_index: Any,
+        product_ids: Sequence[str],
+        filter_index: FilterIndex,
+    ) -> None:
         if faiss_index.ntotal != len(product_ids):
-            raise SearchError(f"the FAISS index holds {faiss_index.ntotal} vectors for "
-                              f"{len(product_ids)} products; rebuild the index")
+            raise SearchError(
+                f"the FAISS index holds {faiss_index.ntotal} vectors for "
+                f"{len(product_ids)} products; rebuild the index"
+            )
         self.encoder = encoder
         self.faiss_index = faiss_index
         self.product_ids = list(product_ids)
         self.filter_index = filter_index
 
-    def search(self, queries: Sequence[str], k: int = 10, filters: Filters | None = None, *,
-               timings: Timings | None = None) -> list[list[Hit]]:
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filters: Filters | None = None,
+        *,
+        timings: Timings | None = None,
+    ) -> list[list[Hit]]:
         with timed(timings, "encode_query"):
             # One query per forward pass, as a shopper's query is encoded: in a padded batch
             # the same query's vector differs in the last bits, enough to swap near-ties
             # between a benchmark's run and the served page.
-            vectors = np.concatenate([self.encoder.encode_queries([q]) for q in queries]) \
-                if len(queries) else np.zeros((0, self.encoder.dim), dtype=np.float32)
+            vectors = (
+                np.concatenate([self.encoder.encode_queries([q]) for q in queries])
+                if len(queries)
+                else np.zeros((0, self.encoder.dim), dtype=np.float32)
+            )
         return self.search_vectors(vectors, k, filters, timings=timings)
 
-    def search_vectors(self, vectors: np.ndarray, k: int, filters: Filters | None = None, *,
-                       timings: Timings | None = None) -> list[list[Hit]]:
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        *,
+        timings: Timings | None = None,
+    ) -> list[list[Hit]]:
         """Search with query vectors already encoded, shape ``(n_queries, dim)``."""
         with timed(timings, "filters"):
             allowed = self.filter_index.mask(filters)
@@ -86,6 +123,13 @@ class DenseRetriever:
             allowed_rows = np.flatnonzero(allowed) if allowed is not None else None
             rows, scores = search_index(self.faiss_index, vectors, k, allowed_rows)
             # FAISS returns equal scores in heap order; the engine's order breaks ties by id.
-            return [sort_hits([Hit(self.product_ids[r], float(s), {"dense": float(s)})
-                               for r, s in zip(row, score) if r >= 0])
-                    for row, score in zip(rows, scores)]
+            return [
+                sort_hits(
+                    [
+                        Hit(self.product_ids[r], float(s), {"dense": float(s)})
+                        for r, s in zip(row, score)
+                        if r >= 0
+                    ]
+                )
+                for row, score in zip(rows, scores)
+            ]

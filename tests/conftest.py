@@ -19,10 +19,22 @@ CATALOG = FIXTURES / "catalog.jsonl"
 # Each dimension is a concept; Chinese and English words for it share the dimension, which is
 # what a real bilingual encoder learns and what makes dense recall differ from BM25 here.
 _CONCEPTS = [
-    ("dress", "连衣裙", "裙"), ("summer", "夏季", "夏"), ("winter", "秋冬", "冬"),
-    ("bed", "床"), ("king",), ("queen",), ("wood", "实木", "木"), ("duvet",), ("phone",
-    "iphone15", "手机"), ("drill",), ("pan", "锅"), ("dog",), ("cotton", "棉"),
-    ("women", "女"), ("linen",), ("t恤", "tee"),
+    ("dress", "连衣裙", "裙"),
+    ("summer", "夏季", "夏"),
+    ("winter", "秋冬", "冬"),
+    ("bed", "床"),
+    ("king",),
+    ("queen",),
+    ("wood", "实木", "木"),
+    ("duvet",),
+    ("phone", "iphone15", "手机"),
+    ("drill",),
+    ("pan", "锅"),
+    ("dog",),
+    ("cotton", "棉"),
+    ("women", "女"),
+    ("linen",),
+    ("t恤", "tee"),
 ]
 
 
@@ -41,10 +53,15 @@ class KeywordEncoder:
         return v / np.linalg.norm(v)
 
     def encode_queries(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        return np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+        return (
+            np.stack([self._vector(t) for t in texts])
+            if texts
+            else np.zeros((0, self.dim), np.float32)
+        )
 
-    def encode_documents(self, texts: Sequence[str], batch_size: int = 64,
-                         show_progress: bool = False) -> np.ndarray:
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
         return self.encode_queries(texts)
 
     def describe(self) -> dict:
@@ -96,13 +113,20 @@ def keyword_models(monkeypatch):
     def load(index, identity=None, loader=None):
         if (index.manifest.encoder or {}).get("name") != KeywordEncoder.name:
             return real(index, identity, loader)
-        return real(index, identity=lambda name: {"name": name, "revision": "test"},
-                    loader=lambda name, max_length=128: KeywordEncoder())
+        return real(
+            index,
+            identity=lambda name: {"name": name, "revision": "test"},
+            loader=lambda name, max_length=128: KeywordEncoder(),
+        )
 
     monkeypatch.setattr(index_encoder, "load_index_encoder", load)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SHOPSEARCH_CACHE", os.environ.get(
-        "SHOPSEARCH_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "shopsearch-cache")))
+    monkeypatch.setenv(
+        "SHOPSEARCH_CACHE",
+        os.environ.get(
+            "SHOPSEARCH_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "shopsearch-cache")
+        ),
+    )

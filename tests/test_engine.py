@@ -41,8 +41,12 @@ def ids(hits):
 def convex_engine(built_index, keyword_encoder):
     from shopsearch.index.store import load_index
 
-    return SearchEngine(load_index(built_index), encoder=keyword_encoder, depth=4,
-                        fusion=FusionConfig(method="convex", alpha=0.5, normalization="minmax"))
+    return SearchEngine(
+        load_index(built_index),
+        encoder=keyword_encoder,
+        depth=4,
+        fusion=FusionConfig(method="convex", alpha=0.5, normalization="minmax"),
+    )
 
 
 def test_every_stage_implements_the_retriever_interface(engine, built_index, keyword_encoder):
@@ -50,8 +54,9 @@ def test_every_stage_implements_the_retriever_interface(engine, built_index, key
 
     assert all(isinstance(engine.stage(s), Retriever) for s in ("bm25", "dense", "hybrid"))
     assert isinstance(LengthReranker(), Reranker)
-    reranked = SearchEngine(load_index(built_index), encoder=keyword_encoder,
-                            reranker=LengthReranker())
+    reranked = SearchEngine(
+        load_index(built_index), encoder=keyword_encoder, reranker=LengthReranker()
+    )
     assert list(reranked.stages) == ["bm25", "dense", "hybrid", "rerank"]
     assert reranked.final_stage == "rerank" and engine.final_stage == "hybrid"
     with pytest.raises(SearchError, match="no reranker"):
@@ -83,15 +88,20 @@ def test_served_top_k_is_the_benchmarked_ranking_whatever_k(built_index, keyword
     a run of 1000, for every stage."""
     from shopsearch.index.store import load_index
 
-    engine = SearchEngine(load_index(built_index), encoder=keyword_encoder,
-                          reranker=LengthReranker(), depth=4,
-                          fusion=FusionConfig(method="convex", normalization="minmax"),
-                          blend=BlendConfig(weight=0.5, top=3))
+    engine = SearchEngine(
+        load_index(built_index),
+        encoder=keyword_encoder,
+        reranker=LengthReranker(),
+        depth=4,
+        fusion=FusionConfig(method="convex", normalization="minmax"),
+        blend=BlendConfig(weight=0.5, top=3),
+    )
     for query in ("bed", "夏季连衣裙", "king duvet cotton"):
         deep = engine.stage(stage).search([query], 1000)[0]
         page = engine.search(query, k=3, stage=stage).hits
-        assert [(h.product_id, h.score) for h in page] == [(h.product_id, h.score)
-                                                           for h in deep[:3]]
+        assert [(h.product_id, h.score) for h in page] == [
+            (h.product_id, h.score) for h in deep[:3]
+        ]
         if stage in ("hybrid", "rerank"):
             assert len(deep) <= 2 * engine.depth
 
@@ -143,12 +153,17 @@ def test_results_say_when_not_reranked(engine):
 
 
 def test_rerank_stage_orders_by_click_probability_and_labels_every_reranked_hit(
-        built_index, keyword_encoder):
+    built_index, keyword_encoder
+):
     from shopsearch.index.store import load_index
 
     reranker = LengthReranker()
-    engine = SearchEngine(load_index(built_index), encoder=keyword_encoder, reranker=reranker,
-                          blend=BlendConfig(weight=1.0, top=4))
+    engine = SearchEngine(
+        load_index(built_index),
+        encoder=keyword_encoder,
+        reranker=reranker,
+        blend=BlendConfig(weight=1.0, top=4),
+    )
     fused = engine.stage("hybrid").search(["bed"], 100)[0]
     result = engine.search("bed", k=6)
     assert result.reranked and result.calibrated and result.stage == "rerank"
@@ -173,8 +188,12 @@ def test_blended_rerank_keeps_scores_and_ranks_in_step(built_index, keyword_enco
     from shopsearch.index.store import load_index
 
     index = load_index(built_index)
-    blended = SearchEngine(index, encoder=keyword_encoder, reranker=LengthReranker(),
-                           blend=BlendConfig(weight=weight, top=3))
+    blended = SearchEngine(
+        index,
+        encoder=keyword_encoder,
+        reranker=LengthReranker(),
+        blend=BlendConfig(weight=weight, top=3),
+    )
     fused = blended.stage("hybrid").search(["bed"], 12)[0]
     reranked = blended.stage("rerank").search(["bed"], 12)[0]
     scores = [h.score for h in reranked]
@@ -189,7 +208,8 @@ def test_explain_reports_matched_terms_and_timings(engine):
     result = engine.search("King poster bed", k=3, explain=True)
     assert result.matched_terms["p05"] == ["bed", "king", "poster"]
     assert {"analysis", "bm25", "encode_query", "dense_search", "fusion", "total"} <= set(
-        result.timings_ms)
+        result.timings_ms
+    )
     data = result.to_dict()
     assert data["results"][0]["id"] == "p05" and data["results"][0]["matched_terms"]
     assert data["stage"] == "hybrid"

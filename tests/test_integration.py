@@ -14,8 +14,19 @@ from shopsearch.cli.main import cli
 @pytest.fixture(scope="module")
 def e5_index(tmp_path_factory, catalog_path):
     target = tmp_path_factory.mktemp("e5") / "idx"
-    result = CliRunner().invoke(cli, ["build-index", "--catalog", str(catalog_path),
-                                      "--index", str(target), "--model", "e5-small", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "build-index",
+            "--catalog",
+            str(catalog_path),
+            "--index",
+            str(target),
+            "--model",
+            "e5-small",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return target
 
@@ -37,8 +48,9 @@ def test_e5_dense_stage_alone_ranks_summer_dresses_first(e5_index):
 
 
 def test_e5_query_cli_json(e5_index):
-    result = CliRunner().invoke(cli, ["query", "夏季连衣裙", "--index", str(e5_index), "--json",
-                                      "--explain", "-k", "3"])
+    result = CliRunner().invoke(
+        cli, ["query", "夏季连衣裙", "--index", str(e5_index), "--json", "--explain", "-k", "3"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["results"][0]["id"] == "p01"
@@ -48,10 +60,21 @@ def test_e5_query_cli_json(e5_index):
 
 def test_minilm_english_index_and_long_query(tmp_path, catalog_path):
     target = tmp_path / "idx"
-    result = CliRunner().invoke(cli, ["build-index", "--catalog", str(catalog_path), "--index",
-                                      str(target), "--model", "minilm"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "build-index",
+            "--catalog",
+            str(catalog_path),
+            "--index",
+            str(target),
+            "--model",
+            "minilm",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(cli, ["query", "cordless drill " * 2000, "--index", str(target),
-                                      "--json", "-k", "1"])
+    result = CliRunner().invoke(
+        cli, ["query", "cordless drill " * 2000, "--index", str(target), "--json", "-k", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["results"][0]["id"] == "p10"

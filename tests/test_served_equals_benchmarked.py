@@ -30,24 +30,56 @@ def tuned_index(tmp_path_factory, catalog_path):
 
     root = tmp_path_factory.mktemp("one-pipeline")
     index = root / "idx"
-    result = CliRunner().invoke(cli, ["build-index", "--catalog", str(catalog_path), "--index",
-                                      str(index), "--model", "minilm", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "build-index",
+            "--catalog",
+            str(catalog_path),
+            "--index",
+            str(index),
+            "--model",
+            "minilm",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     torch.manual_seed(0)
     load_cross_encoder("minilm", max_length=32).save(str(root / "ce"))
     install_reranker(index, root / "ce")
     store_blend(index, BlendTuningResult("nDCG@10", BlendConfig(weight=0.5, top=4), 0, 0), 3)
     # Depth 5 of 12 products: the fused lists are shallower than the run's depth of 1000.
-    update_manifest(index, candidate_depth=5,
-                    fusion=FusionConfig(method="convex", alpha=0.5, normalization="minmax").to_dict())
+    update_manifest(
+        index,
+        candidate_depth=5,
+        fusion=FusionConfig(method="convex", alpha=0.5, normalization="minmax").to_dict(),
+    )
     (root / "q.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in QUERIES.items()), "utf-8")
-    (root / "qrels.txt").write_text("".join(f"{q} 0 {p} {g}\n" for q, docs in QRELS.items()
-                                            for p, g in docs.items()))
+    (root / "qrels.txt").write_text(
+        "".join(f"{q} 0 {p} {g}\n" for q, docs in QRELS.items() for p, g in docs.items())
+    )
     out = root / "report"
-    result = CliRunner().invoke(cli, [
-        "benchmark", "--index", str(index), "--queries", str(root / "q.tsv"), "--qrels",
-        str(root / "qrels.txt"), "--stages", "bm25,dense,hybrid,rerank", "--depth", "1000",
-        "--latency-queries", "0", "--out", str(out), "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "benchmark",
+            "--index",
+            str(index),
+            "--queries",
+            str(root / "q.tsv"),
+            "--qrels",
+            str(root / "qrels.txt"),
+            "--stages",
+            "bm25,dense,hybrid,rerank",
+            "--depth",
+            "1000",
+            "--latency-queries",
+            "0",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return index, out
 
@@ -61,8 +93,9 @@ def run_top10(path, qid):
 def test_benchmark_run_top10_equals_query_json(tuned_index, stage):
     index, out = tuned_index
     for qid, text in QUERIES.items():
-        result = CliRunner().invoke(cli, ["query", text, "--index", str(index), "--json",
-                                          "--stage", stage, "-k", "10"])
+        result = CliRunner().invoke(
+            cli, ["query", text, "--index", str(index), "--json", "--stage", stage, "-k", "10"]
+        )
         assert result.exit_code == 0, result.output
         served = [(r["id"], r["score"]) for r in json.loads(result.stdout)["results"]]
         assert served == run_top10(out / f"{stage}.run", qid), (stage, text)

@@ -99,22 +99,27 @@ def _parse_record(obj: Any, where: dict[str, Any]) -> Impression:
 
     position = obj["position"]
     if isinstance(position, bool) or not isinstance(position, int) or position < 1:
-        raise DataError(f"must be a positive integer (1 = top), got {position!r}",
-                        field="position", **where)
+        raise DataError(
+            f"must be a positive integer (1 = top), got {position!r}", field="position", **where
+        )
 
     clicked = _flag(obj["clicked"], "clicked", where)
     purchased = False
     if obj.get("purchased") is not None:
         purchased = _flag(obj["purchased"], "purchased", where)
     if purchased and not clicked:
-        raise DataError("purchased is true but clicked is false; a purchase implies a click",
-                        field="purchased", **where)
+        raise DataError(
+            "purchased is true but clicked is false; a purchase implies a click",
+            field="purchased",
+            **where,
+        )
 
     timestamp = obj.get("timestamp")
     if timestamp is not None:
         if isinstance(timestamp, bool) or not isinstance(timestamp, (str, int, float)):
-            raise DataError(f"must be a string or a number, got {timestamp!r}",
-                            field="timestamp", **where)
+            raise DataError(
+                f"must be a string or a number, got {timestamp!r}", field="timestamp", **where
+            )
         timestamp = str(timestamp)
 
     return Impression(
@@ -158,8 +163,9 @@ def read_click_log(path: str | os.PathLike[str]) -> list[Impression]:
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise DataError(f"malformed JSON ({exc.msg}, column {exc.colno})",
-                                **where) from None
+                raise DataError(
+                    f"malformed JSON ({exc.msg}, column {exc.colno})", **where
+                ) from None
             impressions.append(_parse_record(obj, where))
 
     if not impressions:
@@ -187,8 +193,9 @@ def write_click_log(impressions: Iterable[Impression], path: str | os.PathLike[s
         raise
 
 
-def click_labels(impressions: Sequence[Impression], *,
-                 aggregate: bool = False) -> list[tuple[str, str, float, int]]:
+def click_labels(
+    impressions: Sequence[Impression], *, aggregate: bool = False
+) -> list[tuple[str, str, float, int]]:
     """Pointwise click labels ``(query, product_id, label, position)``.
 
     With ``aggregate=False`` there is one row per impression, in input order, ``label`` being
@@ -204,12 +211,14 @@ def click_labels(impressions: Sequence[Impression], *,
         c = counts.setdefault((i.query, i.product_id, i.position), [0, 0])
         c[0] += int(i.clicked)
         c[1] += 1
-    return [(q, pid, clicks / shown, pos)
-            for (q, pid, pos), (clicks, shown) in sorted(counts.items())]
+    return [
+        (q, pid, clicks / shown, pos) for (q, pid, pos), (clicks, shown) in sorted(counts.items())
+    ]
 
 
-def clicked_as_judgements(impressions: Sequence[Impression]
-                          ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+def clicked_as_judgements(
+    impressions: Sequence[Impression],
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """A click log as judged queries: each distinct query text gets an id (``c0``, ``c1``, ...
     in text order) and every product clicked for it grade 1, so that the bi-encoder trainer
     can read a log like graded judgements. Queries without a click get no judgements."""

@@ -24,7 +24,8 @@ class TrainingResult:
 
     ``history`` has one dict per epoch (``epoch``, ``train_loss``, ``dev_log_loss``,
     ``dev_auc``); epoch 0 is the model before training (``train_loss`` None). Metrics not
-    measured (no dev set, single-class dev for AUC) are NaN here and null in training.json. ``best_epoch`` (>= 1) is the epoch whose weights were saved.
+    measured (no dev set, single-class dev for AUC) are NaN here and null in training.json.
+    ``best_epoch`` (>= 1) is the epoch whose weights were saved.
     ``dev_logits`` (shape ``(n_dev,)``) are the saved model's raw logits on the dev pairs and
     ``dev_labels`` their targets, ready for fitting a calibrator. Both are None for the
     bi-encoder, whose dev evaluation is a callable.
@@ -74,19 +75,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: Any, learning_rate: float, weight_decay: float, total_steps: int,
-                   warmup_ratio: float) -> tuple[Any, Any]:
+def make_optimizer(
+    model: Any, learning_rate: float, weight_decay: float, total_steps: int, warmup_ratio: float
+) -> tuple[Any, Any]:
     """AdamW (no decay on biases and LayerNorm weights) with linear warm-up then linear decay."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+        (
+            no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay
+        ).append(param)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=learning_rate,
         foreach=True,  # batched over tensors: the default per-tensor loop is slow on CPU
     )
@@ -116,15 +124,22 @@ def library_versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "sentence_transformers": sentence_transformers.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+    }
 
 
 def write_training_json(out_dir: Path, payload: Mapping[str, Any]) -> None:
     """``training.json``: the run's manifest (config, history, data sizes, library versions)."""
     (Path(out_dir) / "training.json").write_text(
-        json.dumps(_finite(payload), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False) + "\n",
-        encoding="utf-8")
+        json.dumps(
+            _finite(payload), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False
+        )
+        + "\n",
+        encoding="utf-8",
+    )
 
 
 def _finite(value: Any) -> Any:
@@ -142,7 +157,10 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> Path:
     """Fail before training, not after, when ``out_dir`` holds something and may not be replaced."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise DataError(f"{out_dir} already exists and is not empty: choose another folder or pass overwrite=True")
+        raise DataError(
+            f"{out_dir} already exists and is not empty: choose another folder or pass "
+            "overwrite=True"
+        )
     return out_dir
 
 

@@ -55,7 +55,10 @@ def _hf_folder(base_model: str) -> str:
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith(".Router"):
-            raise ModelError(f"{base_model} has separate query/document towers; MLM pre-training needs one encoder")
+            raise ModelError(
+                f"{base_model} has separate query/document towers; MLM pre-training needs one "
+                "encoder"
+            )
         if kind.endswith(".Transformer"):
             return str(Path(base_model) / module.get("path", ""))
     raise ModelError(f"{base_model}/modules.json has no Transformer module to pre-train")
@@ -68,8 +71,12 @@ def _masked_lm_nll(model: Any, batch: dict[str, Any]) -> tuple[float, int]:
     labels = batch["labels"]  # (B, T), -100 where not masked
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     logits = model(**inputs).logits  # (B, T, V)
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
-                          reduction="sum")
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
     return float(nll), int((labels != -100).sum())
 
 
@@ -85,11 +92,24 @@ def _perplexity(model: Any, batches: list[dict[str, Any]]) -> float:
     return math.exp(total / count) if count else float("nan")
 
 
-def pretrain_mlm(base_model: str | Path, texts: list[str], out_dir: Path, *, epochs: int = 1,
-                 batch_size: int = 32, learning_rate: float = 5e-5, max_length: int = 64,
-                 mlm_probability: float = 0.15, seed: int = 0, eval_fraction: float = 0.05,
-                 weight_decay: float = 0.01, warmup_ratio: float = 0.06, device: str | None = None,
-                 progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def pretrain_mlm(
+    base_model: str | Path,
+    texts: list[str],
+    out_dir: Path,
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 5e-5,
+    max_length: int = 64,
+    mlm_probability: float = 0.15,
+    seed: int = 0,
+    eval_fraction: float = 0.05,
+    weight_decay: float = 0.01,
+    warmup_ratio: float = 0.06,
+    device: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """MLM-train the encoder of ``base_model`` on ``texts`` and save it as a SentenceTransformer.
 
     ``base_model`` is a sentence-transformers folder (its pooling / normalisation modules and
@@ -114,7 +134,9 @@ def pretrain_mlm(base_model: str | Path, texts: list[str], out_dir: Path, *, epo
         raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
     corpus = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
     if len(corpus) < 2:
-        raise DataError(f"need at least 2 distinct non-empty texts for MLM pre-training, got {len(corpus)}")
+        raise DataError(
+            f"need at least 2 distinct non-empty texts for MLM pre-training, got {len(corpus)}"
+        )
     out_dir = check_out_dir(out_dir, overwrite)
     base_model = str(base_model)
 
@@ -122,14 +144,22 @@ def pretrain_mlm(base_model: str | Path, texts: list[str], out_dir: Path, *, epo
     hf_folder = _hf_folder(base_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(hf_folder)
-        model, loading_info = AutoModelForMaskedLM.from_pretrained(hf_folder, output_loading_info=True)
+        model, loading_info = AutoModelForMaskedLM.from_pretrained(
+            hf_folder, output_loading_info=True
+        )
     except OSError as exc:
-        raise ModelError(f"cannot load {base_model} as a masked LM (offline? pass a local folder): {exc}") from exc
+        raise ModelError(
+            f"cannot load {base_model} as a masked LM (offline? pass a local folder): {exc}"
+        ) from exc
     newly_initialised = sorted(loading_info.get("missing_keys", []))
     if newly_initialised:
-        logger.warning("%s has no complete masked-LM head: %d tensors newly initialised (%s); perplexity_before "
-                       "measures an untrained head", base_model, len(newly_initialised),
-                       ", ".join(newly_initialised[:4]))
+        logger.warning(
+            "%s has no complete masked-LM head: %d tensors newly initialised (%s); "
+            "perplexity_before measures an untrained head",
+            base_model,
+            len(newly_initialised),
+            ", ".join(newly_initialised[:4]),
+        )
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     order = np.random.default_rng(seed).permutation(len(corpus))
@@ -138,35 +168,52 @@ def pretrain_mlm(base_model: str | Path, texts: list[str], out_dir: Path, *, epo
     train_texts = [corpus[i] for i in order[n_eval:]]
 
     def encode(batch_texts: list[str]) -> list[dict[str, Any]]:
-        enc = tokenizer(batch_texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
+        enc = tokenizer(
+            batch_texts, truncation=True, max_length=max_length, return_special_tokens_mask=True
+        )
         return [{key: enc[key][i] for key in enc} for i in range(len(batch_texts))]
 
     def to_device(batch: dict[str, Any]) -> dict[str, Any]:
         return {key: value.to(model.device) for key, value in batch.items()}
 
     # One masking of the eval texts, drawn once, so before/after see the same masked positions.
-    eval_collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed + 1)
+    eval_collator = DataCollatorForLanguageModeling(
+        tokenizer, mlm_probability=mlm_probability, seed=seed + 1
+    )
     eval_features = encode(eval_texts)
-    eval_batches = [to_device(eval_collator(eval_features[i:i + batch_size]))
-                    for i in range(0, len(eval_features), batch_size)]
+    eval_batches = [
+        to_device(eval_collator(eval_features[i : i + batch_size]))
+        for i in range(0, len(eval_features), batch_size)
+    ]
     eval_masked = int(sum(int((b["labels"] != -100).sum()) for b in eval_batches))
     perplexity_before = _perplexity(model, eval_batches)
-    logger.info("held-out MLM perplexity before: %.2f (%d masked tokens)", perplexity_before, eval_masked)
+    logger.info(
+        "held-out MLM perplexity before: %.2f (%d masked tokens)", perplexity_before, eval_masked
+    )
 
-    train_collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+    train_collator = DataCollatorForLanguageModeling(
+        tokenizer, mlm_probability=mlm_probability, seed=seed
+    )
     train_features = encode(train_texts)
     steps_per_epoch = math.ceil(len(train_features) / batch_size)
-    optimizer, scheduler = make_optimizer(model, learning_rate, weight_decay, steps_per_epoch * epochs,
-                                          warmup_ratio)
+    optimizer, scheduler = make_optimizer(
+        model, learning_rate, weight_decay, steps_per_epoch * epochs, warmup_ratio
+    )
     rng = np.random.default_rng(seed)
     epoch_losses: list[float] = []
     for epoch in range(1, epochs + 1):
         model.train()
         perm = rng.permutation(len(train_features))
         losses = []
-        for start in tqdm(range(0, len(perm), batch_size), desc=f"MLM epoch {epoch}", disable=not progress,
-                          leave=False):
-            batch = to_device(train_collator([train_features[i] for i in perm[start:start + batch_size]]))
+        for start in tqdm(
+            range(0, len(perm), batch_size),
+            desc=f"MLM epoch {epoch}",
+            disable=not progress,
+            leave=False,
+        ):
+            batch = to_device(
+                train_collator([train_features[i] for i in perm[start : start + batch_size]])
+            )
             if not bool((batch["labels"] != -100).any()):
                 continue  # nothing masked in this (tiny) batch: no loss to learn from
             loss = model(**batch).loss  # mean cross-entropy over the masked positions
@@ -182,17 +229,23 @@ def pretrain_mlm(base_model: str | Path, texts: list[str], out_dir: Path, *, epo
     try:
         st_model = SentenceTransformer(base_model, device="cpu")
     except OSError as exc:
-        raise ModelError(f"cannot load {base_model} as a sentence-transformers model: {exc}") from exc
+        raise ModelError(
+            f"cannot load {base_model} as a sentence-transformers model: {exc}"
+        ) from exc
     st_transformer = next((m for m in st_model.modules() if isinstance(m, Transformer)), None)
     if st_transformer is None:
-        raise ModelError(f"{base_model} has no Transformer module to receive the pre-trained weights")
+        raise ModelError(
+            f"{base_model} has no Transformer module to receive the pre-trained weights"
+        )
     encoder_state = {k: v.detach().cpu() for k, v in model.base_model.state_dict().items()}
     result = st_transformer.auto_model.load_state_dict(encoder_state, strict=False)
     # The MLM model has no pooler (BERT's [CLS] head); everything else must line up exactly.
     missing = [k for k in result.missing_keys if not k.startswith("pooler.")]
     if missing or result.unexpected_keys:
-        raise ModelError(f"the MLM encoder does not match {base_model}'s encoder: missing {missing[:5]}, "
-                         f"unexpected {list(result.unexpected_keys)[:5]}")
+        raise ModelError(
+            f"the MLM encoder does not match {base_model}'s encoder: missing {missing[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]}"
+        )
 
     report: dict[str, Any] = {
         "perplexity_before": perplexity_before,
@@ -208,9 +261,17 @@ def pretrain_mlm(base_model: str | Path, texts: list[str], out_dir: Path, *, epo
     manifest = {
         "kind": "mlm-pretraining",
         "base_model": base_model,
-        "config": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-                   "max_length": max_length, "mlm_probability": mlm_probability, "seed": seed,
-                   "eval_fraction": eval_fraction, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio},
+        "config": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "max_length": max_length,
+            "mlm_probability": mlm_probability,
+            "seed": seed,
+            "eval_fraction": eval_fraction,
+            "weight_decay": weight_decay,
+            "warmup_ratio": warmup_ratio,
+        },
         **report,
         "versions": library_versions(),
     }

@@ -49,8 +49,9 @@ class PBMFit:
     log_likelihood: float
 
 
-def fit_pbm_em(impressions: Sequence[Impression], max_position: int = 10, n_iter: int = 100,
-               tol: float = 1e-4) -> PBMFit:
+def fit_pbm_em(
+    impressions: Sequence[Impression], max_position: int = 10, n_iter: int = 100, tol: float = 1e-4
+) -> PBMFit:
     """Fit a PBM (one propensity per rank, one relevance per (query, product) pair) by EM.
 
     This is the EM of Wang et al., "Position Bias Estimation for Unbiased Learning to Rank in
@@ -98,8 +99,10 @@ def fit_pbm_em(impressions: Sequence[Impression], max_position: int = 10, n_iter
     n_at_pos = np.bincount(pos, minlength=max_position).astype(np.float64)
     missing = np.flatnonzero(n_at_pos == 0) + 1
     if missing.size:
-        raise DataError(f"no impressions at position(s) {missing.tolist()}; "
-                        f"lower max_position (now {max_position})")
+        raise DataError(
+            f"no impressions at position(s) {missing.tolist()}; "
+            f"lower max_position (now {max_position})"
+        )
     if not clicks[pos == 0].any():
         raise DataError("no clicks at position 1, so propensities cannot be normalised")
     n_pairs = len(pair_index)
@@ -110,7 +113,7 @@ def fit_pbm_em(impressions: Sequence[Impression], max_position: int = 10, n_iter
     rel = np.full(n_pairs, 0.5)
     converged = False
     it = 0
-    for it in range(1, n_iter + 1):
+    for it in range(1, n_iter + 1):  # noqa: B007 - the count is reported after the loop
         t, r = theta[pos], rel[pair]
         denom = np.maximum(1.0 - t * r, _EPS)
         post_e = np.where(clicks, 1.0, t * (1.0 - r) / denom)
@@ -123,8 +126,9 @@ def fit_pbm_em(impressions: Sequence[Impression], max_position: int = 10, n_iter
             converged = True
             break
     if not converged:
-        logger.info("PBM EM stopped after %d iterations (last change %.2g > tol %.2g)",
-                    n_iter, delta, tol)
+        logger.info(
+            "PBM EM stopped after %d iterations (last change %.2g > tol %.2g)", n_iter, delta, tol
+        )
 
     p = np.clip(theta[pos] * rel[pair], _EPS, 1.0 - _EPS)
     loglik = float(np.sum(np.where(clicks, np.log(p), np.log1p(-p))))
@@ -146,15 +150,18 @@ def _warn_if_unidentifiable(pos: np.ndarray, pair: np.ndarray, n_pairs: int) -> 
     np.maximum.at(hi, pair, pos)
     share = float(np.mean((hi != lo)[pair]))
     if share < 0.1:
-        logger.warning("only %.1f%% of impressions belong to pairs shown at more than one rank; "
-                       "propensity estimates will be unreliable", 100 * share)
+        logger.warning(
+            "only %.1f%% of impressions belong to pairs shown at more than one rank; "
+            "propensity estimates will be unreliable",
+            100 * share,
+        )
 
 
-def estimate_propensities_em(impressions: Sequence[Impression], max_position: int = 10,
-                             n_iter: int = 100, tol: float = 1e-4) -> np.ndarray:
+def estimate_propensities_em(
+    impressions: Sequence[Impression], max_position: int = 10, n_iter: int = 100, tol: float = 1e-4
+) -> np.ndarray:
     """Position propensities ``(max_position,)`` with ``[0] == 1``; see ``fit_pbm_em``."""
-    return fit_pbm_em(impressions, max_position=max_position, n_iter=n_iter,
-                      tol=tol).propensities
+    return fit_pbm_em(impressions, max_position=max_position, n_iter=n_iter, tol=tol).propensities
 
 
 def propensity_at(positions: np.ndarray | Sequence[int], propensities: np.ndarray) -> np.ndarray:
@@ -175,8 +182,9 @@ def _check_clip(clip: float) -> None:
         raise ValueError(f"clip must be >= 1 (a cap on 1/propensity), got {clip}")
 
 
-def ipw_weights(impressions: Sequence[Impression], propensities: np.ndarray,
-                clip: float = 10.0) -> np.ndarray:
+def ipw_weights(
+    impressions: Sequence[Impression], propensities: np.ndarray, clip: float = 10.0
+) -> np.ndarray:
     """Per-impression inverse-propensity weights, shape ``(n,)``.
 
     A clicked impression at rank ``p`` gets ``min(1 / theta_p, clip)``; a non-clicked one gets 1.
@@ -196,9 +204,13 @@ def ipw_weights(impressions: Sequence[Impression], propensities: np.ndarray,
     return np.where(clicked, np.minimum(1.0 / theta, clip), 1.0)
 
 
-def ipw_pointwise_targets(clicks: np.ndarray | Sequence[float], propensities: np.ndarray,
-                          groups: np.ndarray | Sequence[int], *,
-                          clip: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+def ipw_pointwise_targets(
+    clicks: np.ndarray | Sequence[float],
+    propensities: np.ndarray,
+    groups: np.ndarray | Sequence[int],
+    *,
+    clip: float = 10.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Debiased soft targets and weights for a weighted pointwise BCE, one per group.
 
     ``clicks``: ``(n,)`` 0/1 per impression; ``propensities``: ``(n,)`` the propensity of the rank
@@ -224,8 +236,10 @@ def ipw_pointwise_targets(clicks: np.ndarray | Sequence[float], propensities: np
     theta = np.asarray(propensities, dtype=np.float64)
     g = np.asarray(groups)
     if not (c.shape == theta.shape == g.shape) or c.ndim != 1:
-        raise ValueError(f"clicks, propensities and groups must be 1-D arrays of one length, "
-                         f"got shapes {c.shape}, {theta.shape}, {g.shape}")
+        raise ValueError(
+            f"clicks, propensities and groups must be 1-D arrays of one length, "
+            f"got shapes {c.shape}, {theta.shape}, {g.shape}"
+        )
     if not np.issubdtype(g.dtype, np.integer) or (g.size and g.min() < 0):
         raise ValueError("groups must be non-negative integer ids")
     if np.any(theta <= 0) or not np.all(np.isfinite(theta)):
@@ -240,8 +254,9 @@ def ipw_pointwise_targets(clicks: np.ndarray | Sequence[float], propensities: np
     return np.clip(targets, 0.0, 1.0), weights
 
 
-def ipw_pair_labels(impressions: Sequence[Impression], propensities: np.ndarray,
-                    clip: float = 10.0) -> list[tuple[str, str, float, float]]:
+def ipw_pair_labels(
+    impressions: Sequence[Impression], propensities: np.ndarray, clip: float = 10.0
+) -> list[tuple[str, str, float, float]]:
     """Training rows ``(query, product_id, target, weight)``, one per pair, sorted by pair.
 
     ``target`` is the debiased click probability at rank 1 and ``weight`` the number of
@@ -249,16 +264,20 @@ def ipw_pair_labels(impressions: Sequence[Impression], propensities: np.ndarray,
     (``weighted_bce`` / ``weighted_bce_torch``).
     """
     index: dict[tuple[str, str], int] = {}
-    groups = np.array([index.setdefault((i.query, i.product_id), len(index))
-                       for i in impressions], dtype=np.int64)
+    groups = np.array(
+        [index.setdefault((i.query, i.product_id), len(index)) for i in impressions], dtype=np.int64
+    )
     clicks = np.array([float(i.clicked) for i in impressions])
     theta = propensity_at([i.position for i in impressions], propensities)
     targets, weights = ipw_pointwise_targets(clicks, theta, groups, clip=clip)
     return sorted((q, pid, float(targets[k]), float(weights[k])) for (q, pid), k in index.items())
 
 
-def weighted_bce(logits: np.ndarray | Sequence[float], targets: np.ndarray | Sequence[float],
-                 weights: np.ndarray | Sequence[float] | None = None) -> float:
+def weighted_bce(
+    logits: np.ndarray | Sequence[float],
+    targets: np.ndarray | Sequence[float],
+    weights: np.ndarray | Sequence[float] | None = None,
+) -> float:
     """Mean over examples of ``w * BCE(sigmoid(z), y)`` (natural log), computed stably.
 
     Shapes ``(n,)`` each; targets may be soft. Same reduction as torch's
@@ -269,19 +288,24 @@ def weighted_bce(logits: np.ndarray | Sequence[float], targets: np.ndarray | Seq
     y = np.asarray(targets, dtype=np.float64)
     w = np.ones_like(z) if weights is None else np.asarray(weights, dtype=np.float64)
     if not (z.shape == y.shape == w.shape) or z.size == 0:
-        raise ValueError(f"logits, targets and weights must be non-empty and of one shape, "
-                         f"got {z.shape}, {y.shape}, {w.shape}")
+        raise ValueError(
+            f"logits, targets and weights must be non-empty and of one shape, "
+            f"got {z.shape}, {y.shape}, {w.shape}"
+        )
     # -[y log s(z) + (1 - y) log(1 - s(z))] = max(z, 0) - z y + log(1 + exp(-|z|))
     loss = np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))
     return float(np.mean(w * loss))
 
 
-def weighted_bce_torch(logits: torch.Tensor, targets: torch.Tensor,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_bce_torch(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Torch twin of ``weighted_bce`` (differentiable scalar); shapes ``(n,)``."""
     import torch.nn.functional as F
 
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype),
-                                              weight=None if weights is None
-                                              else weights.to(logits.dtype),
-                                              reduction="mean")
+    return F.binary_cross_entropy_with_logits(
+        logits,
+        targets.to(logits.dtype),
+        weight=None if weights is None else weights.to(logits.dtype),
+        reduction="mean",
+    )

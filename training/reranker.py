@@ -35,9 +35,17 @@ import numpy as np
 
 from shopsearch.errors import DataError
 from shopsearch.files import write_folder
-from shopsearch.training.common import (EarlyStopper, TrainingResult, check_out_dir,
-                                        library_versions, make_optimizer, optimizer_step,
-                                        seed_everything, snapshot_state, write_training_json)
+from shopsearch.training.common import (
+    EarlyStopper,
+    TrainingResult,
+    check_out_dir,
+    library_versions,
+    make_optimizer,
+    optimizer_step,
+    seed_everything,
+    snapshot_state,
+    write_training_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +137,16 @@ def weighted_auc(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) ->
 def _check_examples(examples: Sequence[PairExample], name: str) -> None:
     for i, ex in enumerate(examples):
         if not (0.0 <= float(ex.label) <= 1.0):
-            raise DataError(f"label must be in [0, 1], got {ex.label!r}", path=name, line=i + 1, field="label")
+            raise DataError(
+                f"label must be in [0, 1], got {ex.label!r}", path=name, line=i + 1, field="label"
+            )
         if not (math.isfinite(float(ex.weight)) and float(ex.weight) >= 0.0):
-            raise DataError(f"weight must be finite and >= 0, got {ex.weight!r}", path=name, line=i + 1,
-                            field="weight")
+            raise DataError(
+                f"weight must be finite and >= 0, got {ex.weight!r}",
+                path=name,
+                line=i + 1,
+                field="weight",
+            )
 
 
 def _pair_logits(model: Any, pairs: Sequence[tuple[str, str]]) -> Any:
@@ -143,10 +157,18 @@ def _pair_logits(model: Any, pairs: Sequence[tuple[str, str]]) -> Any:
     return model(features)["scores"].view(-1)  # (B, 1) -> (B,)
 
 
-def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], dev: Sequence[PairExample],
-                        out_dir: Path, config: RerankerTrainingConfig | None = None, *, num_labels: int = 1,
-                        progress: bool = True, device: str | None = None,
-                        overwrite: bool = False) -> TrainingResult:
+def train_cross_encoder(
+    base_model: str | Path,
+    train: Sequence[PairExample],
+    dev: Sequence[PairExample],
+    out_dir: Path,
+    config: RerankerTrainingConfig | None = None,
+    *,
+    num_labels: int = 1,
+    progress: bool = True,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> TrainingResult:
     """Fine-tune a cross-encoder with weighted BCE, early stopping on dev log loss, and save it.
 
     ``base_model`` may be a cross-encoder, a bi-encoder (sentence-transformers) or a plain BERT
@@ -164,7 +186,9 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
 
     config = config or RerankerTrainingConfig()
     if num_labels != 1:
-        raise ValueError("only num_labels=1 is supported: the loss is binary cross-entropy on one logit")
+        raise ValueError(
+            "only num_labels=1 is supported: the loss is binary cross-entropy on one logit"
+        )
     if not train:
         raise DataError("no training pairs")
     if config.epochs < 1 or config.batch_size < 1:
@@ -174,13 +198,19 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
     out_dir = check_out_dir(out_dir, overwrite)
 
     seed_everything(config.seed)
-    model = load_cross_encoder(str(base_model), max_length=config.max_length, dropout=config.dropout,
-                               device=device)
+    model = load_cross_encoder(
+        str(base_model), max_length=config.max_length, dropout=config.dropout, device=device
+    )
     if config.freeze_embeddings:
         model.model.get_input_embeddings().weight.requires_grad_(False)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    optimizer, scheduler = make_optimizer(model, config.learning_rate, config.weight_decay,
-                                          steps_per_epoch * config.epochs, config.warmup_ratio)
+    optimizer, scheduler = make_optimizer(
+        model,
+        config.learning_rate,
+        config.weight_decay,
+        steps_per_epoch * config.epochs,
+        config.warmup_ratio,
+    )
 
     dev_pairs = [(ex.query, ex.text) for ex in dev]
     dev_labels = np.array([ex.label for ex in dev], dtype=np.float32)
@@ -189,7 +219,11 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
     def evaluate() -> tuple[np.ndarray, float, float]:
         # The serving path's own scorer, at the pair length the model was loaded with.
         logits = score_pairs(model, dev_pairs, batch_size=max(config.batch_size, 64))
-        return logits, weighted_log_loss(logits, dev_labels, dev_weights), weighted_auc(logits, dev_labels, dev_weights)
+        return (
+            logits,
+            weighted_log_loss(logits, dev_labels, dev_weights),
+            weighted_auc(logits, dev_labels, dev_weights),
+        )
 
     history: list[dict[str, Any]] = []
     best_logits: np.ndarray | None = None
@@ -209,10 +243,14 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
         loss_sum, weight_sum = 0.0, 0.0
         batches = range(0, len(order), config.batch_size)
         for start in tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False):
-            batch = [train[i] for i in order[start:start + config.batch_size]]
+            batch = [train[i] for i in order[start : start + config.batch_size]]
             logits = _pair_logits(model, [(ex.query, ex.text) for ex in batch])  # (B,)
-            labels = torch.tensor([ex.label for ex in batch], dtype=logits.dtype, device=logits.device)  # (B,)
-            weights = torch.tensor([ex.weight for ex in batch], dtype=logits.dtype, device=logits.device)  # (B,)
+            labels = torch.tensor(
+                [ex.label for ex in batch], dtype=logits.dtype, device=logits.device
+            )  # (B,)
+            weights = torch.tensor(
+                [ex.weight for ex in batch], dtype=logits.dtype, device=logits.device
+            )  # (B,)
             loss = weighted_bce_with_logits(logits, labels, weights)
             optimizer_step(model, loss, optimizer, scheduler)
             batch_weight = float(weights.sum())
@@ -221,14 +259,27 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
         train_loss = loss_sum / weight_sum if weight_sum > 0 else float("nan")
 
         if not dev or (not config.eval_every_epoch and epoch < config.epochs):
-            history.append({"epoch": epoch, "train_loss": train_loss, "dev_log_loss": math.nan,
-                            "dev_auc": math.nan})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "dev_log_loss": math.nan,
+                    "dev_auc": math.nan,
+                }
+            )
             logger.info("epoch %d: train loss %.4f", epoch, train_loss)
             continue
         logits, dev_loss, dev_auc = evaluate()
-        history.append({"epoch": epoch, "train_loss": train_loss, "dev_log_loss": dev_loss, "dev_auc": dev_auc})
-        logger.info("epoch %d: train loss %.4f, dev log loss %.4f, dev AUC %.4f", epoch, train_loss, dev_loss,
-                    dev_auc)
+        history.append(
+            {"epoch": epoch, "train_loss": train_loss, "dev_log_loss": dev_loss, "dev_auc": dev_auc}
+        )
+        logger.info(
+            "epoch %d: train loss %.4f, dev log loss %.4f, dev AUC %.4f",
+            epoch,
+            train_loss,
+            dev_loss,
+            dev_auc,
+        )
         improved, stop = stopper.update(dev_loss)
         if improved:
             best_epoch, best_logits = epoch, logits
@@ -258,7 +309,8 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
         "best_epoch": best_epoch,
         "stopped_early": stopped_early,
         "data": {
-            "n_train": len(train), "n_dev": len(dev),
+            "n_train": len(train),
+            "n_dev": len(dev),
             "train_weight_sum": float(sum(ex.weight for ex in train)),
             "train_mean_label": float(np.mean([ex.label for ex in train])),
             "dev_mean_label": float(dev_labels.mean()) if dev else None,
@@ -271,18 +323,28 @@ def train_cross_encoder(base_model: str | Path, train: Sequence[PairExample], de
         write_training_json(folder, manifest)
 
     write_folder(out_dir, write)
-    return TrainingResult(out_dir=out_dir, history=history, best_epoch=best_epoch, dev_logits=best_logits,
-                          dev_labels=dev_labels if dev else None)
+    return TrainingResult(
+        out_dir=out_dir,
+        history=history,
+        best_epoch=best_epoch,
+        dev_logits=best_logits,
+        dev_labels=dev_labels if dev else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Building training pairs
 
 
-def build_pairs_from_qrels(queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]],
-                           product_text: Mapping[str, str], *,
-                           negatives: Mapping[str, Sequence[str]] | None = None, max_grade: int = 2,
-                           skip_missing: bool = False) -> list[PairExample]:
+def build_pairs_from_qrels(
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    product_text: Mapping[str, str],
+    *,
+    negatives: Mapping[str, Sequence[str]] | None = None,
+    max_grade: int = 2,
+    skip_missing: bool = False,
+) -> list[PairExample]:
     """Pointwise pairs from graded judgements: ``label = grade / max_grade``, weight 1.
 
     Negative grades (TREC's "junk") count as 0. ``negatives`` adds unjudged products per query
@@ -304,8 +366,10 @@ def build_pairs_from_qrels(queries: Mapping[str, str], qrels: Mapping[str, Mappi
                 missing.append(f"product {pid}")
                 continue
             if grade > max_grade:
-                raise DataError(f"grade {grade} for query {qid}, product {pid} exceeds max_grade={max_grade}",
-                                field="grade")
+                raise DataError(
+                    f"grade {grade} for query {qid}, product {pid} exceeds max_grade={max_grade}",
+                    field="grade",
+                )
             pairs.append(PairExample(query, product_text[pid], max(grade, 0) / max_grade))
         for pid in (negatives or {}).get(qid, ()):
             if pid in judged:
@@ -318,9 +382,14 @@ def build_pairs_from_qrels(queries: Mapping[str, str], qrels: Mapping[str, Mappi
     return pairs
 
 
-def build_pairs_from_clicks(rows: Sequence[tuple[str, str, bool, float]], product_text: Mapping[str, str],
-                            sampled_negatives_per_query: int, rng: np.random.Generator, *,
-                            skip_missing: bool = False) -> list[PairExample]:
+def build_pairs_from_clicks(
+    rows: Sequence[tuple[str, str, bool, float]],
+    product_text: Mapping[str, str],
+    sampled_negatives_per_query: int,
+    rng: np.random.Generator,
+    *,
+    skip_missing: bool = False,
+) -> list[PairExample]:
     """Pointwise pairs from a click log: one pair per impression plus random negatives.
 
     ``rows`` are ``(query, product_id, clicked, weight)`` impressions; a clicked one is a
@@ -334,8 +403,12 @@ def build_pairs_from_clicks(rows: Sequence[tuple[str, str, bool, float]], produc
     missing: list[str] = []
     for line, (query, pid, clicked, weight) in enumerate(rows, start=1):
         if not (math.isfinite(float(weight)) and float(weight) >= 0.0):
-            raise DataError(f"weight must be finite and >= 0, got {weight!r}", path="clicks", line=line,
-                            field="weight")
+            raise DataError(
+                f"weight must be finite and >= 0, got {weight!r}",
+                path="clicks",
+                line=line,
+                field="weight",
+            )
         shown.setdefault(query, set()).add(pid)
         if pid not in product_text:
             missing.append(f"product {pid}")
@@ -369,5 +442,8 @@ def _report_missing(missing: list[str], skip_missing: bool) -> None:
     unique = list(dict.fromkeys(missing))
     message = f"{len(unique)} unknown ids, e.g. {', '.join(unique[:5])}"
     if not skip_missing:
-        raise DataError(message + " (do the queries, judgements and catalogue match? skip_missing=True skips them)")
+        raise DataError(
+            message
+            + " (do the queries, judgements and catalogue match? skip_missing=True skips them)"
+        )
     logger.warning("skipped %s", message)

@@ -81,11 +81,18 @@ class BiEncoderTrainingConfig:
 # Data
 
 
-def mine_hard_negatives(queries: Mapping[str, str], positives: Mapping[str, set[str]],
-                        search: Callable[[list[str], int], list[list[str]]], *, skip_top: int = 3,
-                        depth: int = 50, per_query: int = 3,
-                        known_relevant: Mapping[str, set[str]] | None = None, rng_seed: int = 0,
-                        batch_size: int = 256) -> dict[str, list[str]]:
+def mine_hard_negatives(
+    queries: Mapping[str, str],
+    positives: Mapping[str, set[str]],
+    search: Callable[[list[str], int], list[list[str]]],
+    *,
+    skip_top: int = 3,
+    depth: int = 50,
+    per_query: int = 3,
+    known_relevant: Mapping[str, set[str]] | None = None,
+    rng_seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, list[str]]:
     """Sample hard negatives from a first-stage ranking (e.g. BM25) for each query with positives.
 
     ``search(query_texts, k)`` returns ranked product ids per query. For each query the
@@ -99,27 +106,38 @@ def mine_hard_negatives(queries: Mapping[str, str], positives: Mapping[str, set[
         raise ValueError("need skip_top >= 0, depth >= 1 and per_query >= 0")
     missing = [qid for qid in positives if qid not in queries]
     if missing:
-        raise DataError(f"{len(missing)} query ids have positives but no text, e.g. {', '.join(missing[:5])}")
+        raise DataError(
+            f"{len(missing)} query ids have positives but no text, e.g. {', '.join(missing[:5])}"
+        )
     rng = np.random.default_rng(rng_seed)
     qids = list(positives)
     result: dict[str, list[str]] = {}
     for start in range(0, len(qids), batch_size):
-        chunk = qids[start:start + batch_size]
+        chunk = qids[start : start + batch_size]
         rankings = search([queries[qid] for qid in chunk], depth)
         if len(rankings) != len(chunk):
             raise ValueError(f"search returned {len(rankings)} rankings for {len(chunk)} queries")
         for qid, ranked in zip(chunk, rankings):
             excluded = set(positives[qid]) | set((known_relevant or {}).get(qid, ()))
-            candidates = [pid for pid in dict.fromkeys(ranked[skip_top:depth]) if pid not in excluded]
+            candidates = [
+                pid for pid in dict.fromkeys(ranked[skip_top:depth]) if pid not in excluded
+            ]
             take = min(per_query, len(candidates))
-            picked = np.sort(rng.choice(len(candidates), size=take, replace=False)) if take else []
+            picked = (
+                np.sort(rng.choice(len(candidates), size=take, replace=False)).tolist()
+                if take
+                else []
+            )
             result[qid] = [candidates[int(i)] for i in picked]
     return result
 
 
-def build_bi_encoder_examples(queries: Mapping[str, str], positives: Mapping[str, Sequence[str]],
-                              product_text: Mapping[str, str],
-                              hard_negatives: Mapping[str, Sequence[str]] | None = None) -> list[BiEncoderExample]:
+def build_bi_encoder_examples(
+    queries: Mapping[str, str],
+    positives: Mapping[str, Sequence[str]],
+    product_text: Mapping[str, str],
+    hard_negatives: Mapping[str, Sequence[str]] | None = None,
+) -> list[BiEncoderExample]:
     """One ``(query, positive_text, negative_texts)`` per (query, positive product) pair.
 
     Unknown query or product ids raise DataError.
@@ -128,7 +146,9 @@ def build_bi_encoder_examples(queries: Mapping[str, str], positives: Mapping[str
     for qid, pids in positives.items():
         if qid not in queries:
             raise DataError(f"query id {qid} has positives but no text")
-        negatives = [product_text[pid] for pid in (hard_negatives or {}).get(qid, ()) if pid in product_text]
+        negatives = [
+            product_text[pid] for pid in (hard_negatives or {}).get(qid, ()) if pid in product_text
+        ]
         for pid in pids:
             if pid not in product_text:
                 raise DataError(f"positive product {pid} of query {qid} is not in the catalogue")
@@ -136,8 +156,9 @@ def build_bi_encoder_examples(queries: Mapping[str, str], positives: Mapping[str
     return examples
 
 
-def _fill_negative_columns(examples: Sequence[BiEncoderExample], k: int,
-                           rng: np.random.Generator) -> list[list[str]]:
+def _fill_negative_columns(
+    examples: Sequence[BiEncoderExample], k: int, rng: np.random.Generator
+) -> list[list[str]]:
     """Rows ``[query, positive, neg_1 .. neg_k]``: hard negatives first, topped up at random."""
     positives = [ex[1] for ex in examples]
     rows = []
@@ -150,12 +171,17 @@ def _fill_negative_columns(examples: Sequence[BiEncoderExample], k: int,
             if other != positive and other not in chosen:
                 chosen.append(other)
         if len(chosen) < k:
-            raise DataError(f"cannot find {k} distinct negatives for query {query!r}: too few distinct positives")
+            raise DataError(
+                f"cannot find {k} distinct negatives for query {query!r}: too few distinct "
+                "positives"
+            )
         rows.append([query, positive, *chosen])
     return rows
 
 
-def no_duplicate_batches(rows: Sequence[Sequence[str]], order: Sequence[int], batch_size: int) -> list[list[int]]:
+def no_duplicate_batches(
+    rows: Sequence[Sequence[str]], order: Sequence[int], batch_size: int
+) -> list[list[int]]:
     """Split ``order`` into batches in which no text appears twice (across all columns).
 
     A row that clashes with the current batch waits for a later one, as the library's
@@ -189,7 +215,9 @@ def _load_sentence_transformer(base_model: str | Path, device: str | None) -> An
     try:
         return SentenceTransformer(str(base_model), device=device)
     except OSError as exc:
-        raise ModelError(f"cannot load bi-encoder {base_model!s} (offline? pass a local folder): {exc}") from exc
+        raise ModelError(
+            f"cannot load bi-encoder {base_model!s} (offline? pass a local folder): {exc}"
+        ) from exc
 
 
 def _has_router(model: Any) -> bool:
@@ -204,17 +232,23 @@ def _split_towers(model: Any) -> Any:
     from sentence_transformers.base.modules import Router
 
     modules = list(model.children())
-    router = Router.for_query_document(query_modules=[copy.deepcopy(m) for m in modules],
-                                       document_modules=modules)
-    return SentenceTransformer(modules=[router], device=str(model.device), prompts=dict(model.prompts),
-                               similarity_fn_name=model.similarity_fn_name)
+    router = Router.for_query_document(
+        query_modules=[copy.deepcopy(m) for m in modules], document_modules=modules
+    )
+    return SentenceTransformer(
+        modules=[router],
+        device=str(model.device),
+        prompts=dict(model.prompts),
+        similarity_fn_name=model.similarity_fn_name,
+    )
 
 
 def _effective_prompts(model: Any, config: BiEncoderTrainingConfig) -> tuple[str, str]:
     saved = model.prompts or {}
     query = config.query_prompt or saved.get("query") or ""
     document = config.document_prompt or next(
-        (saved[name] for name in ("document", "passage", "corpus") if saved.get(name)), "")
+        (saved[name] for name in ("document", "passage", "corpus") if saved.get(name)), ""
+    )
     return query, document
 
 
@@ -225,7 +259,9 @@ def _column_features(model: Any, texts: list[str], prompt: str, task: str) -> di
     return batch_to_device(features, model.device)
 
 
-def _batch_features(model: Any, rows: Sequence[Sequence[str]], prompts: tuple[str, str]) -> list[dict[str, Any]]:
+def _batch_features(
+    model: Any, rows: Sequence[Sequence[str]], prompts: tuple[str, str]
+) -> list[dict[str, Any]]:
     """One feature dict per column: the queries, the positives, then each negative column."""
     columns = list(zip(*rows))
     features = [_column_features(model, list(columns[0]), prompts[0], "query")]
@@ -233,11 +269,19 @@ def _batch_features(model: Any, rows: Sequence[Sequence[str]], prompts: tuple[st
     return features
 
 
-def train_bi_encoder(base_model: str | Path, train: Sequence[BiEncoderExample],
-                     dev: Sequence[BiEncoderExample] | None, out_dir: Path,
-                     config: BiEncoderTrainingConfig | None = None, *,
-                     dev_eval: Callable[[Any], Mapping[str, float]] | None = None, dev_metric: str | None = None,
-                     progress: bool = True, device: str | None = None, overwrite: bool = False) -> TrainingResult:
+def train_bi_encoder(
+    base_model: str | Path,
+    train: Sequence[BiEncoderExample],
+    dev: Sequence[BiEncoderExample] | None,
+    out_dir: Path,
+    config: BiEncoderTrainingConfig | None = None,
+    *,
+    dev_eval: Callable[[Any], Mapping[str, float]] | None = None,
+    dev_metric: str | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> TrainingResult:
     """Fine-tune a sentence-transformers bi-encoder and save it with its prompts.
 
     After each epoch (and once before training, as epoch 0) the model is evaluated: the mean
@@ -276,13 +320,24 @@ def train_bi_encoder(base_model: str | Path, train: Sequence[BiEncoderExample],
     k = config.hard_negatives_per_query
     train_rows = _fill_negative_columns(train, k, rng)
     dev_rows = _fill_negative_columns(dev, k, np.random.default_rng(config.seed + 1)) if dev else []
-    plans = [no_duplicate_batches(train_rows, rng.permutation(len(train_rows)), config.batch_size)
-             for _ in range(config.epochs)]
-    optimizer, scheduler = make_optimizer(model, config.learning_rate, config.weight_decay,
-                                          sum(len(plan) for plan in plans), config.warmup_ratio)
+    plans = [
+        no_duplicate_batches(
+            train_rows, rng.permutation(len(train_rows)).tolist(), config.batch_size
+        )
+        for _ in range(config.epochs)
+    ]
+    optimizer, scheduler = make_optimizer(
+        model,
+        config.learning_rate,
+        config.weight_decay,
+        sum(len(plan) for plan in plans),
+        config.warmup_ratio,
+    )
+    loss_fn: Any
     if config.mini_batch_size:
-        loss_fn = CachedMultipleNegativesRankingLoss(model, mini_batch_size=config.mini_batch_size,
-                                                     show_progress_bar=False)
+        loss_fn = CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=config.mini_batch_size, show_progress_bar=False
+        )
     else:
         loss_fn = MultipleNegativesRankingLoss(model)
     eval_loss_fn = MultipleNegativesRankingLoss(model)
@@ -295,24 +350,36 @@ def train_bi_encoder(base_model: str | Path, train: Sequence[BiEncoderExample],
         entry: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         if dev_rows:
             with torch.no_grad():
-                losses = [float(eval_loss_fn(_batch_features(model, dev_rows[s:s + config.batch_size], prompts), None))
-                          for s in range(0, len(dev_rows), config.batch_size)]
+                losses = [
+                    float(
+                        eval_loss_fn(
+                            _batch_features(model, dev_rows[s : s + config.batch_size], prompts),
+                            None,
+                        )
+                    )
+                    for s in range(0, len(dev_rows), config.batch_size)
+                ]
             entry["dev_loss"] = float(np.mean(losses))
         if dev_eval is not None:
             metrics = {key: float(value) for key, value in dict(dev_eval(model)).items()}
             if selected_metric is None:
                 if len(metrics) != 1:
-                    raise ValueError(f"dev_eval returned {sorted(metrics)}: pass dev_metric to say which to maximise")
+                    raise ValueError(
+                        f"dev_eval returned {sorted(metrics)}: pass dev_metric to say which "
+                        "to maximise"
+                    )
                 selected_metric = next(iter(metrics))
             if selected_metric not in metrics:
-                raise ValueError(f"dev_eval did not return {selected_metric!r}; it returned {sorted(metrics)}")
+                raise ValueError(
+                    f"dev_eval did not return {selected_metric!r}; it returned {sorted(metrics)}"
+                )
             entry.update(metrics)
         logger.info("epoch %d: %s", epoch, entry)
         return entry
 
     def selection_score(entry: dict[str, Any]) -> float | None:
         """Higher is better; None when there is nothing to select on."""
-        if dev_eval is not None:
+        if dev_eval is not None and selected_metric is not None:
             return entry[selected_metric]
         if "dev_loss" in entry:
             return -entry["dev_loss"]
@@ -340,15 +407,25 @@ def train_bi_encoder(base_model: str | Path, train: Sequence[BiEncoderExample],
 
     manifest = {
         "kind": "bi-encoder",
-        "objective": ("CachedMultipleNegativesRankingLoss" if config.mini_batch_size
-                      else "MultipleNegativesRankingLoss") + " (in-batch + hard negatives, cosine, scale 20)",
+        "objective": (
+            "CachedMultipleNegativesRankingLoss"
+            if config.mini_batch_size
+            else "MultipleNegativesRankingLoss"
+        )
+        + " (in-batch + hard negatives, cosine, scale 20)",
         "base_model": str(base_model),
         "config": asdict(config),
         "prompts": {"query": prompts[0], "document": prompts[1]},
         "history": history,
         "best_epoch": best_epoch,
-        "selected_on": selected_metric if dev_eval is not None else ("-dev_loss" if dev_rows else "last epoch"),
-        "data": {"n_train": len(train), "n_dev": len(dev or ()), "batches_per_epoch": [len(p) for p in plans]},
+        "selected_on": selected_metric
+        if dev_eval is not None
+        else ("-dev_loss" if dev_rows else "last epoch"),
+        "data": {
+            "n_train": len(train),
+            "n_dev": len(dev or ()),
+            "batches_per_epoch": [len(p) for p in plans],
+        },
         "versions": library_versions(),
     }
 
@@ -357,5 +434,9 @@ def train_bi_encoder(base_model: str | Path, train: Sequence[BiEncoderExample],
         write_training_json(folder, manifest)
 
     write_folder(out_dir, write)
-    return TrainingResult(out_dir=out_dir, history=history, best_epoch=best_epoch,
-                          extra={"prompts": {"query": prompts[0], "document": prompts[1]}})
+    return TrainingResult(
+        out_dir=out_dir,
+        history=history,
+        best_epoch=best_epoch,
+        extra={"prompts": {"query": prompts[0], "document": prompts[1]}},
+    )

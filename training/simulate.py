@@ -97,10 +97,14 @@ def simulate_clicks(
     theta = true_propensities(depth, eta)
     click_table = _grade_table(
         DEFAULT_CLICK_PROB_BY_GRADE if click_prob_by_grade is None else click_prob_by_grade,
-        "click_prob_by_grade")
+        "click_prob_by_grade",
+    )
     purchase_table = _grade_table(
-        DEFAULT_PURCHASE_PROB_GIVEN_CLICK_BY_GRADE if purchase_prob_given_click_by_grade is None
-        else purchase_prob_given_click_by_grade, "purchase_prob_given_click_by_grade")
+        DEFAULT_PURCHASE_PROB_GIVEN_CLICK_BY_GRADE
+        if purchase_prob_given_click_by_grade is None
+        else purchase_prob_given_click_by_grade,
+        "purchase_prob_given_click_by_grade",
+    )
     if start_time is None:
         t0 = DEFAULT_START_TIME
     elif isinstance(start_time, str):
@@ -142,15 +146,17 @@ def simulate_clicks(
             stamp = (t0 + timedelta(minutes=session_counter)).isoformat()
             session_id = f"{qid}#{s}"
             for rank in range(n):
-                out.append(Impression(
-                    query=text,
-                    product_id=shown[order[rank]],
-                    position=rank + 1,
-                    clicked=bool(clicked[rank]),
-                    purchased=bool(purchased[rank]),
-                    session_id=session_id,
-                    timestamp=stamp,
-                ))
+                out.append(
+                    Impression(
+                        query=text,
+                        product_id=shown[order[rank]],
+                        position=rank + 1,
+                        clicked=bool(clicked[rank]),
+                        purchased=bool(purchased[rank]),
+                        session_id=session_id,
+                        timestamp=stamp,
+                    )
+                )
             session_counter += 1
     logger.info("simulated %d impressions over %d sessions", len(out), session_counter)
     return out

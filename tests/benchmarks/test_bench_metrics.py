@@ -94,8 +94,7 @@ def test_ties_follow_trec_eval_descending_id(qrels):
     per_query, _ = evaluate(qrels, tie, ["MRR@10"])
     assert per_query["MRR@10"]["q2"] == 0.5
     # Renaming the relevant product to sort after the other flips the outcome.
-    per_query, _ = evaluate({"q2": {"p7": 1, "p6": 0}}, {"q2": {"p7": 1.0, "p6": 1.0}},
-                            ["MRR@10"])
+    per_query, _ = evaluate({"q2": {"p7": 1, "p6": 0}}, {"q2": {"p7": 1.0, "p6": 1.0}}, ["MRR@10"])
     assert per_query["MRR@10"]["q2"] == 1.0
     assert count_tied_queries(tie) == 1
     assert count_tied_queries({"q": {"a": 1.0, "b": 0.5}}) == 0
@@ -124,7 +123,8 @@ def test_graded_gain_is_linear(qrels):
     # q1 with the grade-1 product first: DCG = 1 + 2/log2(3); trec_eval uses gain = grade.
     per_query, _ = evaluate(qrels, {"q1": {"p2": 3.0, "p1": 2.0}}, ["nDCG@10"])
     assert per_query["nDCG@10"]["q1"] == pytest.approx(
-        (1 + 2 / L2(3)) / (2 + 2 / L2(3) + 1 / L2(4)), rel=1e-12)
+        (1 + 2 / L2(3)) / (2 + 2 / L2(3) + 1 / L2(4)), rel=1e-12
+    )
 
 
 def test_file_round_trip_equals_in_memory_and_ir_measures(tmp_path, qrels, run):
@@ -139,8 +139,10 @@ def test_file_round_trip_equals_in_memory_and_ir_measures(tmp_path, qrels, run):
     # ir-measures reading the files itself (pytrec_eval provider, i.e. trec_eval -c).
     measures = [parse_measure(m) for m in DEFAULT_MEASURES if not m.startswith("MRR")]
     theirs = ir_measures.calc_aggregate(
-        measures, ir_measures.read_trec_qrels(str(qrels_path)),
-        ir_measures.read_trec_run(str(run_path)))
+        measures,
+        ir_measures.read_trec_qrels(str(qrels_path)),
+        ir_measures.read_trec_run(str(run_path)),
+    )
     for m in measures:
         assert ours[measure_name(m)] == pytest.approx(theirs[m], rel=1e-12, abs=1e-15), str(m)
 
@@ -148,13 +150,15 @@ def test_file_round_trip_equals_in_memory_and_ir_measures(tmp_path, qrels, run):
 def test_mrr_matches_ir_measures_when_no_ties(qrels):
     import ir_measures
 
-    no_ties = {"q1": {"p3": 0.9, "p1": 0.8, "pX": 0.7, "p2": 0.5},
-               "q2": {"pY": 0.7, "p6": 0.6, "p5": 0.5}}
+    no_ties = {
+        "q1": {"p3": 0.9, "p1": 0.8, "pX": 0.7, "p2": 0.5},
+        "q2": {"pY": 0.7, "p6": 0.6, "p5": 0.5},
+    }
     per_query, ours = evaluate(qrels, no_ties, ["MRR@10", "MRR@2", "MRR"])
     assert per_query["MRR@2"]["q2"] == 0.0 and per_query["MRR"]["q2"] == pytest.approx(1 / 3)
     theirs = ir_measures.calc_aggregate(
-        [ir_measures.RR @ 10, ir_measures.RR @ 2, ir_measures.RR], evaluable_qrels(qrels),
-        no_ties)
+        [ir_measures.RR @ 10, ir_measures.RR @ 2, ir_measures.RR], evaluable_qrels(qrels), no_ties
+    )
     assert ours["MRR@10"] == pytest.approx(theirs[ir_measures.RR @ 10], rel=1e-12)
     assert ours["MRR@2"] == pytest.approx(theirs[ir_measures.RR @ 2], rel=1e-12)
     assert ours["MRR"] == pytest.approx(theirs[ir_measures.RR], rel=1e-12)
@@ -183,8 +187,9 @@ def test_stricter_relevance_level(qrels, run):
 def test_recall_curve_matches_recall_at_k(qrels, run):
     curve = recall_curve(qrels, run, depth=100)
     assert len(curve) == 100
-    per_query, agg = evaluate(qrels, run, ["Recall@1", "Recall@2", "Recall@4", "Recall@10",
-                                           "Recall@100"])
+    per_query, agg = evaluate(
+        qrels, run, ["Recall@1", "Recall@2", "Recall@4", "Recall@10", "Recall@100"]
+    )
     for k in (1, 2, 4, 10, 100):
         assert curve[k - 1] == pytest.approx(agg[f"Recall@{k}"], rel=1e-12), k
     assert curve[:4] == pytest.approx([0.0, (1 / 3 + 1) / 3, (1 / 3 + 1) / 3, (2 / 3 + 1) / 3])

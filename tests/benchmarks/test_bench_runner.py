@@ -27,14 +27,19 @@ class DictRetriever:
         return [sort_hits([Hit(p, s) for p, s in self.table.get(q, [])])[:k] for q in queries]
 
 
-QUERIES = {"q1": "wireless mouse", "q2": "无线 鼠标", "q3": "usb cable", "q4": "desk lamp",
-           "q5": "unjudged query"}
+QUERIES = {
+    "q1": "wireless mouse",
+    "q2": "无线 鼠标",
+    "q3": "usb cable",
+    "q4": "desk lamp",
+    "q5": "unjudged query",
+}
 QRELS = {
     "q1": {"m1": 2, "m2": 1, "x": 0},
     "q2": {"m3": 1},
-    "q3": {"c1": 2},   # the weak stage finds nothing for q3
-    "q4": {"l1": 0},   # no relevant product: run, not scored
-    "q9": {"z": 1},    # judged but not in the query set: not scored
+    "q3": {"c1": 2},  # the weak stage finds nothing for q3
+    "q4": {"l1": 0},  # no relevant product: run, not scored
+    "q9": {"z": 1},  # judged but not in the query set: not scored
 }
 WEAK = {
     "wireless mouse": [("x", 3.0), ("m2", 2.0), ("m1", 1.0)],
@@ -53,10 +58,19 @@ STRONG = {
 @pytest.fixture
 def report_and_dir(tmp_path):
     stages = {"weak": DictRetriever(WEAK), "strong": DictRetriever(STRONG)}
-    report = run_benchmark(stages, QUERIES, QRELS, depth=100, out_dir=tmp_path, batch_size=2,
-                           latency_queries=3, warmup=1, extra={"index_size_mb": 1.5,
-                                                               "dataset": "fixture"},
-                           n_resamples=1000, progress=False)
+    report = run_benchmark(
+        stages,
+        QUERIES,
+        QRELS,
+        depth=100,
+        out_dir=tmp_path,
+        batch_size=2,
+        latency_queries=3,
+        warmup=1,
+        extra={"index_size_mb": 1.5, "dataset": "fixture"},
+        n_resamples=1000,
+        progress=False,
+    )
     return report, tmp_path, stages
 
 
@@ -114,7 +128,8 @@ def test_batches_latency_and_significance(report_and_dir):
     # Exact test over 2^3 sign patterns (n_resamples=1000 >= 8).
     assert sig["nDCG@10"]["p_value"] in {k / 8 for k in range(1, 9)}
     assert sig["nDCG@10"]["delta"] == pytest.approx(
-        report.stage("strong").metrics["nDCG@10"] - report.stage("weak").metrics["nDCG@10"])
+        report.stage("strong").metrics["nDCG@10"] - report.stage("weak").metrics["nDCG@10"]
+    )
 
 
 def test_report_files(report_and_dir):
@@ -145,9 +160,19 @@ def test_report_json_round_trip(report_and_dir):
 
 def test_baseline_choice_and_skipped_latency(tmp_path):
     stages = {"weak": DictRetriever(WEAK), "strong": DictRetriever(STRONG)}
-    report = run_benchmark(stages, QUERIES, QRELS, depth=10, out_dir=tmp_path, baseline="strong",
-                           latency_queries=0, measures=["nDCG@10", "MRR@10"],
-                           significance_method="ttest", progress=False, write=False)
+    report = run_benchmark(
+        stages,
+        QUERIES,
+        QRELS,
+        depth=10,
+        out_dir=tmp_path,
+        baseline="strong",
+        latency_queries=0,
+        measures=["nDCG@10", "MRR@10"],
+        significance_method="ttest",
+        progress=False,
+        write=False,
+    )
     assert report.stage("strong").significance == {}
     assert set(report.stage("weak").significance) == {"nDCG@10"}  # Recall@100 not measured
     assert report.stage("weak").latency["n"] == 0
@@ -167,8 +192,16 @@ def test_depth_truncates_and_duplicates_are_dropped(tmp_path):
         def search(self, queries, k=10):
             return [[Hit(p, s) for p, s in self.table.get(q, [])] for q in queries]
 
-    run_benchmark({"raw": Raw(table)}, {"q1": "wireless mouse"}, QRELS, depth=2,
-                  out_dir=tmp_path, latency_queries=0, progress=False, write=False)
+    run_benchmark(
+        {"raw": Raw(table)},
+        {"q1": "wireless mouse"},
+        QRELS,
+        depth=2,
+        out_dir=tmp_path,
+        latency_queries=0,
+        progress=False,
+        write=False,
+    )
     assert read_run(tmp_path / "raw.run") == {"q1": {"m1": 3.0, "m2": 2.0}}
 
 
@@ -187,15 +220,18 @@ def test_bad_arguments(tmp_path):
         def search(self, queries, k=10):
             return [[]]
 
-    with pytest.raises(ValueError, match="stage 'broken': search\\(\\) returned 1 result lists "
-                                         "for 2 queries"):
-        run_benchmark({"broken": Broken()}, QUERIES, QRELS, out_dir=tmp_path, batch_size=2,
-                      progress=False)
+    with pytest.raises(
+        ValueError, match="stage 'broken': search\\(\\) returned 1 result lists for 2 queries"
+    ):
+        run_benchmark(
+            {"broken": Broken()}, QUERIES, QRELS, out_dir=tmp_path, batch_size=2, progress=False
+        )
 
 
 def test_format_table():
-    table = format_table([["bm25", 0.123456, 12], ["dense|v2", float("nan"), None]],
-                         ["Stage", "nDCG@10", "n"])
+    table = format_table(
+        [["bm25", 0.123456, 12], ["dense|v2", float("nan"), None]], ["Stage", "nDCG@10", "n"]
+    )
     assert table.splitlines() == [
         "| Stage     | nDCG@10 |   n |",
         "| --------- | ------: | --: |",

@@ -21,6 +21,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 # ------------------------------------------------------------------ queries
 
+
 def test_read_queries_tsv_skips_header_and_keeps_extra_tabs_in_text():
     queries = read_queries(FIXTURES / "queries.tsv")
     assert queries == {"q1": "wireless mouse", "q2": "无线 鼠标", "q3": "usb-c cable\tbraided"}
@@ -29,7 +30,10 @@ def test_read_queries_tsv_skips_header_and_keeps_extra_tabs_in_text():
 
 def test_read_queries_jsonl_accepts_id_and_text_key_variants():
     assert read_queries(FIXTURES / "queries.jsonl") == {
-        "q1": "wireless mouse", "q2": "无线 鼠标", "3": "usb-c cable"}
+        "q1": "wireless mouse",
+        "q2": "无线 鼠标",
+        "3": "usb-c cable",
+    }
 
 
 def test_read_queries_detects_jsonl_by_content_and_strips_bom(tmp_path):
@@ -41,12 +45,15 @@ def test_read_queries_detects_jsonl_by_content_and_strips_bom(tmp_path):
     assert read_queries(tsv) == {"a": "sofa", "b": "bed"}
 
 
-@pytest.mark.parametrize("content, match", [
-    ("q1 no tab here\n", r"q\.tsv:1: expected 'query_id<TAB>query'"),
-    ("q1\tsofa\nq1\tbed\n", r"q\.tsv:2, field 'query_id': .*twice with different texts"),
-    ("q1\t   \n", r"q\.tsv:1, field 'query': query 'q1' has empty text"),
-    ("\tsofa\n", r"q\.tsv:1, field 'query_id': empty identifier"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("q1 no tab here\n", r"q\.tsv:1: expected 'query_id<TAB>query'"),
+        ("q1\tsofa\nq1\tbed\n", r"q\.tsv:2, field 'query_id': .*twice with different texts"),
+        ("q1\t   \n", r"q\.tsv:1, field 'query': query 'q1' has empty text"),
+        ("\tsofa\n", r"q\.tsv:1, field 'query_id': empty identifier"),
+    ],
+)
 def test_read_queries_tsv_errors_name_file_line_and_field(tmp_path, content, match):
     path = tmp_path / "q.tsv"
     path.write_text(content, encoding="utf-8")
@@ -73,6 +80,7 @@ def test_write_queries_round_trip(tmp_path):
 
 # ------------------------------------------------------------------ qrels
 
+
 def test_read_qrels_trec():
     qrels = read_qrels(FIXTURES / "qrels.txt")
     assert qrels["q1"] == {"p1": 2, "p2": 1, "p3": 0, "p4": 2}
@@ -95,13 +103,19 @@ def test_read_qrels_matches_ir_measures_reader():
     assert ours == theirs
 
 
-@pytest.mark.parametrize("content, match", [
-    ("q1 0 p1\n", r"qrels\.txt:1: expected 4 columns"),
-    ("q1 0 p1 2\nq1 0 p2 high\n", r"qrels\.txt:2, field 'grade': relevance grade 'high' is not"),
-    ("q1 0 p1 0.5\n", r"qrels\.txt:1, field 'grade': .*not an integer"),
-    ("q1 0 p1 1\nq1 0 p1 2\n", r"qrels\.txt:2: query 'q1' judges product 'p1' twice"),
-    ("\n\n", r"qrels\.txt: no judgements found"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("q1 0 p1\n", r"qrels\.txt:1: expected 4 columns"),
+        (
+            "q1 0 p1 2\nq1 0 p2 high\n",
+            r"qrels\.txt:2, field 'grade': relevance grade 'high' is not",
+        ),
+        ("q1 0 p1 0.5\n", r"qrels\.txt:1, field 'grade': .*not an integer"),
+        ("q1 0 p1 1\nq1 0 p1 2\n", r"qrels\.txt:2: query 'q1' judges product 'p1' twice"),
+        ("\n\n", r"qrels\.txt: no judgements found"),
+    ],
+)
 def test_read_qrels_errors(tmp_path, content, match):
     path = tmp_path / "qrels.txt"
     path.write_text(content, encoding="utf-8")
@@ -125,6 +139,7 @@ def test_write_qrels_round_trip_and_format(tmp_path):
 
 
 # ------------------------------------------------------------------ runs
+
 
 def test_read_run():
     run = read_run(FIXTURES / "run.txt")
@@ -162,13 +177,16 @@ def test_write_run_rejects_bad_input(tmp_path):
         write_run(tmp_path / "r", {"q": [("a", 1.0)]}, tag="my run")
 
 
-@pytest.mark.parametrize("content, match", [
-    ("q1 Q0 p1 1 0.5\n", r"r\.run:1: expected 6 columns"),
-    ("q1 Q0 p1 1 0.5 t\nq1 Q0 p2 2 high t\n", r"r\.run:2, field 'score': score 'high'"),
-    ("q1 Q0 p1 first 0.5 t\n", r"r\.run:1, field 'rank'"),
-    ("q1 Q0 p1 1 0.5 t\nq1 Q0 p1 2 0.4 t\n", r"r\.run:2, field 'product_id': .*twice"),
-    ("q1 Q0 p1 1 nan t\n", r"r\.run:1, field 'score': score is NaN"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("q1 Q0 p1 1 0.5\n", r"r\.run:1: expected 6 columns"),
+        ("q1 Q0 p1 1 0.5 t\nq1 Q0 p2 2 high t\n", r"r\.run:2, field 'score': score 'high'"),
+        ("q1 Q0 p1 first 0.5 t\n", r"r\.run:1, field 'rank'"),
+        ("q1 Q0 p1 1 0.5 t\nq1 Q0 p1 2 0.4 t\n", r"r\.run:2, field 'product_id': .*twice"),
+        ("q1 Q0 p1 1 nan t\n", r"r\.run:1, field 'score': score is NaN"),
+    ],
+)
 def test_read_run_errors(tmp_path, content, match):
     path = tmp_path / "r.run"
     path.write_text(content, encoding="utf-8")

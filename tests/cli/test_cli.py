@@ -14,8 +14,18 @@ def runner():
 @pytest.fixture
 def bm25_index(runner, tmp_path, catalog_path):
     target = tmp_path / "idx"
-    result = runner.invoke(cli, ["build-index", "--catalog", str(catalog_path), "--index",
-                                 str(target), "--no-dense", "--json"])
+    result = runner.invoke(
+        cli,
+        [
+            "build-index",
+            "--catalog",
+            str(catalog_path),
+            "--index",
+            str(target),
+            "--no-dense",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["products"] == 12 and summary["bytes_on_disk"] > 0
@@ -28,8 +38,9 @@ def test_query_table_and_json(runner, bm25_index):
     first_row = result.stdout.splitlines()[2]
     assert "p01" in first_row and "夏季碎花雪纺连衣裙" in first_row
     assert "not reranked" in result.stderr
-    result = runner.invoke(cli, ["query", "king poster bed", "--index", str(bm25_index),
-                                 "--json", "--explain"])
+    result = runner.invoke(
+        cli, ["query", "king poster bed", "--index", str(bm25_index), "--json", "--explain"]
+    )
     data = json.loads(result.stdout)
     assert data["results"][0]["id"] == "p05"
     assert data["results"][0]["matched_terms"] == ["bed", "king", "poster"]
@@ -37,16 +48,31 @@ def test_query_table_and_json(runner, bm25_index):
 
 
 def test_query_filters(runner, bm25_index):
-    result = runner.invoke(cli, ["query", "bed", "--index", str(bm25_index), "--json",
-                                 "--category", "Beds", "--max-price", "1000"])
+    result = runner.invoke(
+        cli,
+        [
+            "query",
+            "bed",
+            "--index",
+            str(bm25_index),
+            "--json",
+            "--category",
+            "Beds",
+            "--max-price",
+            "1000",
+        ],
+    )
     assert [r["id"] for r in json.loads(result.stdout)["results"]] == ["p06"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["query", "  "], "the query is empty"),
-    (["query", "bed", "--index", "{tmp}/missing"], "does not exist"),
-    (["query", "bed", "--index", "{tmp}", "--min-price", "5", "--max-price", "1"], "above"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["query", "  "], "the query is empty"),
+        (["query", "bed", "--index", "{tmp}/missing"], "does not exist"),
+        (["query", "bed", "--index", "{tmp}", "--min-price", "5", "--max-price", "1"], "above"),
+    ],
+)
 def test_query_errors_are_one_line(runner, tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = runner.invoke(cli, args)
@@ -65,8 +91,9 @@ def test_bad_catalogue_never_damages_the_existing_index(runner, bm25_index, tmp_
     before = (bm25_index / "manifest.json").read_bytes()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "1", "title": "ok"}\n{"id": "2", "title": "x", "price": "abc"}\n')
-    result = runner.invoke(cli, ["build-index", "--catalog", str(bad), "--index",
-                                 str(bm25_index), "--no-dense"])
+    result = runner.invoke(
+        cli, ["build-index", "--catalog", str(bad), "--index", str(bm25_index), "--no-dense"]
+    )
     assert result.exit_code == 2
     assert f"{bad}:2, field 'price'" in result.stderr
     assert (bm25_index / "manifest.json").read_bytes() == before
@@ -79,8 +106,9 @@ def test_help_teaches(runner):
     assert "--explain" in result.output and "Examples" in result.output
 
 
-def test_benchmark_and_tune_fusion_smoke(runner, tmp_path, catalog_path, keyword_encoder,
-                                         keyword_models):
+def test_benchmark_and_tune_fusion_smoke(
+    runner, tmp_path, catalog_path, keyword_encoder, keyword_models
+):
     from shopsearch.index.catalog import read_catalog
     from shopsearch.index.store import build_index
 
@@ -89,12 +117,30 @@ def test_benchmark_and_tune_fusion_smoke(runner, tmp_path, catalog_path, keyword
     qrels = tmp_path / "qrels.txt"
     qrels.write_text("q1 0 p01 2\nq1 0 p02 2\nq1 0 p03 1\nq2 0 p05 2\nq2 0 p06 1\nq3 0 p10 0\n")
     index = tmp_path / "idx"
-    runner.invoke(cli, ["build-index", "--catalog", str(catalog_path), "--index", str(index),
-                        "--no-dense"])
+    runner.invoke(
+        cli, ["build-index", "--catalog", str(catalog_path), "--index", str(index), "--no-dense"]
+    )
     out = tmp_path / "report"
-    result = runner.invoke(cli, ["benchmark", "--index", str(index), "--queries", str(queries),
-                                 "--qrels", str(qrels), "--stages", "bm25,dense",
-                                 "--depth", "10", "--latency-queries", "2", "--out", str(out)])
+    result = runner.invoke(
+        cli,
+        [
+            "benchmark",
+            "--index",
+            str(index),
+            "--queries",
+            str(queries),
+            "--qrels",
+            str(qrels),
+            "--stages",
+            "bm25,dense",
+            "--depth",
+            "10",
+            "--latency-queries",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "skipping stage dense" in result.stderr
     assert (out / "bm25.run").read_text().startswith("q1 Q0 p01 1 ")
@@ -102,15 +148,30 @@ def test_benchmark_and_tune_fusion_smoke(runner, tmp_path, catalog_path, keyword
     assert report["stages"][0]["name"] == "bm25"
     assert (out / "report.png").stat().st_size > 0 and (out / "report.md").exists()
     # tune-fusion needs a dense part: on a BM25-only index it says so in one line.
-    result = runner.invoke(cli, ["tune-fusion", "--index", str(index), "--queries", str(queries),
-                                 "--qrels", str(qrels)])
+    result = runner.invoke(
+        cli,
+        ["tune-fusion", "--index", str(index), "--queries", str(queries), "--qrels", str(qrels)],
+    )
     assert result.exit_code == 2 and "no dense part" in result.stderr
     # With a dense part, tuning writes the best setting, scored at the index's candidate
     # depth, into the manifest. On these queries BM25 misses the English summer dress that
     # dense finds, so the default RRF setting is not the best one.
     build_index(read_catalog(catalog_path), index, encoder=keyword_encoder)
-    result = runner.invoke(cli, ["tune-fusion", "--index", str(index), "--queries", str(queries),
-                                 "--qrels", str(qrels), "--json", "--depth", "8"])
+    result = runner.invoke(
+        cli,
+        [
+            "tune-fusion",
+            "--index",
+            str(index),
+            "--queries",
+            str(queries),
+            "--qrels",
+            str(qrels),
+            "--json",
+            "--depth",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     manifest = json.loads((index / "manifest.json").read_text())
@@ -126,12 +187,12 @@ def test_benchmark_and_tune_fusion_smoke(runner, tmp_path, catalog_path, keyword
     judged = {k: v for k, v in read_qrels(qrels).items() if k != "q3"}
     texts = read_queries(queries)
     served = dict(zip(judged, engine.stage("hybrid").search([texts[q] for q in judged], 8)))
-    assert evaluate(judged, hits_to_run(served), ["nDCG@10"])[1]["nDCG@10"] == \
-        pytest.approx(summary["best_score"])
+    assert evaluate(judged, hits_to_run(served), ["nDCG@10"])[1]["nDCG@10"] == pytest.approx(
+        summary["best_score"]
+    )
 
 
-def test_tune_rerank_writes_the_blend_beside_the_installed_reranker(runner, tmp_path,
-                                                                      bm25_index):
+def test_tune_rerank_writes_the_blend_beside_the_installed_reranker(runner, tmp_path, bm25_index):
     import torch
 
     from shopsearch.engine import SearchEngine
@@ -145,8 +206,19 @@ def test_tune_rerank_writes_the_blend_beside_the_installed_reranker(runner, tmp_
     queries.write_text("q1\t夏季连衣裙\nq2\tking poster bed\n", encoding="utf-8")
     qrels = tmp_path / "qrels.txt"
     qrels.write_text("q1 0 p01 2\nq1 0 p02 2\nq2 0 p05 2\nq2 0 p06 1\n")
-    args = ["tune-rerank", "--index", str(bm25_index), "--queries", str(queries),
-            "--qrels", str(qrels), "--weights", "0,1", "--tops", "2,5"]
+    args = [
+        "tune-rerank",
+        "--index",
+        str(bm25_index),
+        "--queries",
+        str(queries),
+        "--qrels",
+        str(qrels),
+        "--weights",
+        "0,1",
+        "--tops",
+        "2,5",
+    ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 2 and "no installed reranker" in result.stderr
     install_reranker(bm25_index, tmp_path / "ce")

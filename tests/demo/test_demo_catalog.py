@@ -8,12 +8,16 @@ import re
 
 import pytest
 
-from shopsearch.retrieval.analysis import contains_cjk
-
 from shopsearch.demo.catalog import (
-    CATEGORIES, TYPES, VOCAB, generate_catalog, product_facets, write_catalog_jsonl,
+    CATEGORIES,
+    TYPES,
+    VOCAB,
+    generate_catalog,
+    product_facets,
+    write_catalog_jsonl,
 )
 from shopsearch.errors import DataError
+from shopsearch.retrieval.analysis import contains_cjk
 from shopsearch.retrieval.types import Product
 
 # sha256 of write_catalog_jsonl(generate_catalog()) -- the default demo catalogue. If you change
@@ -98,23 +102,51 @@ def test_vocabulary_surfaces_decode_unambiguously():
     for name, entries in VOCAB.items():
         seen: dict[str, str] = {}
         for entry in entries:
-            for surface in [*([entry[1]] if isinstance(entry[1], str) else entry[1]),
-                            *([entry[2]] if isinstance(entry[2], str) else entry[2])]:
+            for surface in [
+                *([entry[1]] if isinstance(entry[1], str) else entry[1]),
+                *([entry[2]] if isinstance(entry[2], str) else entry[2]),
+            ]:
                 assert seen.setdefault(surface, entry[0]) == entry[0], (name, surface)
     names = [t.zh_name for t in TYPES.values()] + [t.en_name for t in TYPES.values()]
     assert len(set(names)) == len(names)
 
 
 def test_facets_of_a_hand_written_product():
-    p = Product(id="X1", title="夏季碎花雪纺连衣裙 女 中长款 白色 M码",
-                attributes={"type": "连衣裙", "season": "夏季", "material": "雪纺",
-                            "pattern": "碎花", "color": "白色", "size": "M", "length": "中长款"})
-    assert product_facets(p) == {"category": "dresses", "type": "dress", "lang": "zh",
-                                 "season": "summer", "material": "chiffon", "pattern": "floral",
-                                 "color": "white", "size": "M", "length": "midi"}
-    bed = Product(id="X2", title="Solid Wood King Four-Poster Bed, Walnut",
-                  attributes={"type": "Bed", "material": "Solid Wood", "style": "Four-Poster",
-                              "size": "King", "color": "Walnut"})
+    p = Product(
+        id="X1",
+        title="夏季碎花雪纺连衣裙 女 中长款 白色 M码",
+        attributes={
+            "type": "连衣裙",
+            "season": "夏季",
+            "material": "雪纺",
+            "pattern": "碎花",
+            "color": "白色",
+            "size": "M",
+            "length": "中长款",
+        },
+    )
+    assert product_facets(p) == {
+        "category": "dresses",
+        "type": "dress",
+        "lang": "zh",
+        "season": "summer",
+        "material": "chiffon",
+        "pattern": "floral",
+        "color": "white",
+        "size": "M",
+        "length": "midi",
+    }
+    bed = Product(
+        id="X2",
+        title="Solid Wood King Four-Poster Bed, Walnut",
+        attributes={
+            "type": "Bed",
+            "material": "Solid Wood",
+            "style": "Four-Poster",
+            "size": "King",
+            "color": "Walnut",
+        },
+    )
     assert product_facets(bed)["style"] == "poster" and product_facets(bed)["size"] == "king"
 
 
@@ -122,9 +154,21 @@ def test_facets_reject_non_demo_products():
     with pytest.raises(DataError, match="not a demo product"):
         product_facets(Product(id="X", title="t", attributes={"type": "Spaceship"}))
     with pytest.raises(DataError, match="not a known season"):
-        product_facets(Product(id="X", title="t", attributes={
-            "type": "Dress", "season": "Monsoon", "material": "Silk", "pattern": "Solid",
-            "color": "Red", "size": "M", "length": "Mini"}))
+        product_facets(
+            Product(
+                id="X",
+                title="t",
+                attributes={
+                    "type": "Dress",
+                    "season": "Monsoon",
+                    "material": "Silk",
+                    "pattern": "Solid",
+                    "color": "Red",
+                    "size": "M",
+                    "length": "Mini",
+                },
+            )
+        )
 
 
 def test_dresses_and_beds_are_plentiful_in_both_languages(catalog):

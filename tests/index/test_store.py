@@ -27,7 +27,7 @@ def test_bm25_only_index(tmp_path, products):
     index = load_index(tmp_path / "b")
     assert not index.has_dense and index.manifest.encoder is None
     with pytest.raises(IndexLoadError, match="no dense part"):
-        index.faiss_index
+        _ = index.faiss_index
 
 
 def test_missing_and_foreign_folders(tmp_path):

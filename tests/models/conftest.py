@@ -81,11 +81,24 @@ def c_tokenizer(tmp_path_factory: pytest.TempPathFactory):
     (work / "wrap.c").write_text(
         '#include "e5.c"\n'
         "int e5t_tokenize(e5_model *m, const char *t, int *out, int cap)"
-        " { return tok_content(&m->tok, t, out, cap); }\n")
+        " { return tok_content(&m->tok, t, out, cap); }\n"
+    )
     lib_path = work / "libe5t.so"
     result = subprocess.run(
-        [gcc, "-O1", "-shared", "-fPIC", f"-I{src_dir}", str(work / "wrap.c"), "-o",
-         str(lib_path), "-lm"], capture_output=True, text=True)
+        [
+            gcc,
+            "-O1",
+            "-shared",
+            "-fPIC",
+            f"-I{src_dir}",
+            str(work / "wrap.c"),
+            "-o",
+            str(lib_path),
+            "-lm",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         pytest.skip(f"could not compile e5.c: {result.stderr[-500:]}")
     lib = ctypes.CDLL(str(lib_path))
@@ -93,8 +106,12 @@ def c_tokenizer(tmp_path_factory: pytest.TempPathFactory):
     lib.e5_load.argtypes = [ctypes.c_char_p]
     lib.e5_free.argtypes = [ctypes.c_void_p]
     lib.e5t_tokenize.restype = ctypes.c_int
-    lib.e5t_tokenize.argtypes = [ctypes.c_void_p, ctypes.c_char_p,
-                                 ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+    lib.e5t_tokenize.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.c_int,
+    ]
     handle = lib.e5_load(str(default_source()).encode())
     if not handle:
         pytest.skip("e5.c could not load the model file")

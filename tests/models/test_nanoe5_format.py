@@ -65,11 +65,13 @@ def test_truncated_file_is_a_model_error(tmp_path: Path) -> None:
 
 def test_inconsistent_header_is_a_model_error(tmp_path: Path) -> None:
     # intermediate size 1536 -> 1568 (still a multiple of 32): the FFN tensors no longer fit
-    path = _patched_copy(tmp_path, lambda d: d.__setitem__(slice(20, 24), struct.pack("<i", 1568)),
-                         upto=5_000_000)
+    path = _patched_copy(
+        tmp_path, lambda d: d.__setitem__(slice(20, 24), struct.pack("<i", 1568)), upto=5_000_000
+    )
     with pytest.raises(ModelError, match="tensor 'l0.fi.w' has"):
         fmt.read_checkpoint(path)
-    path = _patched_copy(tmp_path, lambda d: d.__setitem__(slice(4, 8), struct.pack("<I", 2)),
-                         upto=4096)
+    path = _patched_copy(
+        tmp_path, lambda d: d.__setitem__(slice(4, 8), struct.pack("<I", 2)), upto=4096
+    )
     with pytest.raises(ModelError, match="unsupported format version 2"):
         fmt.read_checkpoint(path)

@@ -12,8 +12,11 @@ def test_precompiled_charsmap_maps_every_key_like_the_table() -> None:
 
     rng = random.Random(7)
     keys = rng.sample(range(0xA0, 0x2FFFF), 3000)
-    table = {cp: tuple(rng.randrange(0x41, 0x9FFF) for _ in range(rng.randint(1, 4)))
-             for cp in keys if not 0xD800 <= cp <= 0xDFFF}
+    table = {
+        cp: tuple(rng.randrange(0x41, 0x9FFF) for _ in range(rng.randint(1, 4)))
+        for cp in keys
+        if not 0xD800 <= cp <= 0xDFFF
+    }
     table[0xFF21] = (0x41,)  # full-width A -> A
     norm = normalizers.Precompiled(tk.precompiled_charsmap(table))
     for cp, out in table.items():

@@ -69,8 +69,9 @@ def test_resolve_hub_id_and_bad_paths(tmp_path: Path) -> None:
         registry.resolve_model("  ")
 
 
-def test_missing_hub_model_offline_is_a_model_error(monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
+def test_missing_hub_model_offline_is_a_model_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -105,9 +106,11 @@ def test_e5_prompts_are_query_and_passage(e5_model) -> None:
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
 
 
-PAIRS = [("cordless drill", "DEWALT 20V MAX cordless drill kit"),
-         ("red shoes", "Garden hose 50 ft."),
-         ("手机壳", "iPhone15 透明手机壳 防摔")]
+PAIRS = [
+    ("cordless drill", "DEWALT 20V MAX cordless drill kit"),
+    ("red shoes", "Garden hose 50 ft."),
+    ("手机壳", "iPhone15 透明手机壳 防摔"),
+]
 
 
 def test_cross_encoder_from_minilm_saves_and_reloads(tmp_path: Path, torch_threads: None) -> None:
@@ -124,8 +127,9 @@ def test_cross_encoder_from_minilm_saves_and_reloads(tmp_path: Path, torch_threa
         registry.load_cross_encoder(str(tmp_path / "ce"), num_labels=3)
 
 
-def test_cross_encoder_from_e5_keeps_its_tokenizer(e5_folder: Path, tmp_path: Path,
-                                                   c_tokenizer, torch_threads: None) -> None:
+def test_cross_encoder_from_e5_keeps_its_tokenizer(
+    e5_folder: Path, tmp_path: Path, c_tokenizer, torch_threads: None
+) -> None:
     import torch
 
     torch.manual_seed(0)
@@ -149,13 +153,21 @@ def test_model_identity(tmp_path: Path, e5_folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps({"hidden_size": 8}))
     (folder / "model.safetensors").write_bytes(b"weights v1")
     ident = registry.model_identity(str(folder))
-    assert ident == {"name": str(folder.resolve()), "path": str(folder.resolve()),
-                     "revision": hashlib.sha256(b"weights v1").hexdigest()[:12]}
+    assert ident == {
+        "name": str(folder.resolve()),
+        "path": str(folder.resolve()),
+        "revision": hashlib.sha256(b"weights v1").hexdigest()[:12],
+    }
     (folder / "model.safetensors").write_bytes(b"weights v2, retrained")
-    assert registry.model_identity(str(folder))["revision"] == \
-        hashlib.sha256(b"weights v2, retrained").hexdigest()[:12]
-    assert registry.model_identity("org/some-model") == \
-        {"name": "org/some-model", "path": None, "revision": "org/some-model"}
+    assert (
+        registry.model_identity(str(folder))["revision"]
+        == hashlib.sha256(b"weights v2, retrained").hexdigest()[:12]
+    )
+    assert registry.model_identity("org/some-model") == {
+        "name": "org/some-model",
+        "path": None,
+        "revision": "org/some-model",
+    }
     e5 = registry.model_identity("e5-small")
     assert e5["name"] == "e5-small" and len(e5["revision"]) == 12
     assert registry.model_identity("e5-small") == e5

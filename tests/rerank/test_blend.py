@@ -7,8 +7,9 @@ from shopsearch.rerank.blend import BlendConfig, blend_scores, standardise
 
 
 def test_standardise_by_hand_and_constant_input():
-    np.testing.assert_allclose(standardise(np.array([1.0, 2.0, 3.0])),
-                               [-1.224744871, 0.0, 1.224744871], rtol=1e-9)
+    np.testing.assert_allclose(
+        standardise(np.array([1.0, 2.0, 3.0])), [-1.224744871, 0.0, 1.224744871], rtol=1e-9
+    )
     assert standardise(np.array([5.0, 5.0])).tolist() == [0.0, 0.0]
     assert standardise(np.array([])).size == 0
 

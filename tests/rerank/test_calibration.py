@@ -68,7 +68,8 @@ def test_weights_act_like_repeated_rows():
     w = np.array([1, 2, 1, 3, 1])
     rep_z, rep_y = np.repeat(z, w), np.repeat(y, w)
     assert fit_temperature(z, y, w).temperature == pytest.approx(
-        fit_temperature(rep_z, rep_y).temperature, rel=1e-4)
+        fit_temperature(rep_z, rep_y).temperature, rel=1e-4
+    )
     a, b = fit_platt(z, y, w), fit_platt(rep_z, rep_y)
     assert (a.a, a.b) == pytest.approx((b.a, b.b), rel=1e-4, abs=1e-5)
 
@@ -103,10 +104,20 @@ def test_ece_and_reliability_by_hand():
     assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(11 / 60)
     table = reliability_table(probs, labels, n_bins=2)
     assert table == [
-        {"bin_lo": 0.0, "bin_hi": 0.5, "count": 3, "mean_predicted": pytest.approx(0.2),
-         "observed_rate": pytest.approx(1 / 3)},
-        {"bin_lo": 0.5, "bin_hi": 1.0, "count": 3, "mean_predicted": pytest.approx(0.9),
-         "observed_rate": pytest.approx(2 / 3)},
+        {
+            "bin_lo": 0.0,
+            "bin_hi": 0.5,
+            "count": 3,
+            "mean_predicted": pytest.approx(0.2),
+            "observed_rate": pytest.approx(1 / 3),
+        },
+        {
+            "bin_lo": 0.5,
+            "bin_hi": 1.0,
+            "count": 3,
+            "mean_predicted": pytest.approx(0.9),
+            "observed_rate": pytest.approx(2 / 3),
+        },
     ]
     # Four bins: 0.1, 0.2 | 0.3 | (empty) | 0.8, 0.9, 1.0
     # ECE = 2/6 |0.15 - 1/2| + 1/6 |0.3 - 0| + 3/6 |0.9 - 2/3| = 7/60 + 3/60 + 7/60 = 17/60.

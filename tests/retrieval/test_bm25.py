@@ -12,8 +12,10 @@ def _random_corpus(seed=0, n=300):
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(40)]
     # Skewed term use so that some terms are in > half the documents (negative idf floor).
-    return [[rng.choice(vocab[: rng.randint(2, 40)]) for _ in range(rng.randint(1, 15))]
-            for _ in range(n)]
+    return [
+        [rng.choice(vocab[: rng.randint(2, 40)]) for _ in range(rng.randint(1, 15))]
+        for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("params", [BM25Params(), BM25Params(k1=0.9, b=0.4, epsilon=0.1)])
@@ -33,8 +35,9 @@ def test_scores_equal_rank_bm25_on_the_fixture_catalogue(products):
     index = BM25Index.build(corpus)
     for query in ("夏季连衣裙", "king poster bed", "iPhone15 手机壳"):
         terms = analyzer.tokenize(query)
-        np.testing.assert_allclose(index.score(terms)[0], reference.get_scores(terms),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            index.score(terms)[0], reference.get_scores(terms), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_top_k_orders_by_score_then_row_and_skips_non_matching():

@@ -33,8 +33,9 @@ def test_allowed_rows_filter_inside_faiss_returns_k():
 def test_fewer_products_than_k_pads_with_minus_one():
     rows, scores = search_index(build_faiss_index(_vectors(3), "IDMap,Flat"), _vectors(1), 5)
     assert list(rows[0, 3:]) == [-1, -1] and np.isinf(scores[0, 3:]).all()
-    rows, _ = search_index(build_faiss_index(_vectors(3), "IDMap,Flat"), _vectors(1), 2,
-                           np.array([], dtype=np.int64))
+    rows, _ = search_index(
+        build_faiss_index(_vectors(3), "IDMap,Flat"), _vectors(1), 2, np.array([], dtype=np.int64)
+    )
     assert (rows == -1).all()
 
 

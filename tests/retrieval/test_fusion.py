@@ -1,8 +1,13 @@
 import numpy as np
 import pytest
 
-from shopsearch.retrieval.fusion import (FusionConfig, convex_combination, fuse,
-                                         normalize_scores, reciprocal_rank_fusion)
+from shopsearch.retrieval.fusion import (
+    FusionConfig,
+    convex_combination,
+    fuse,
+    normalize_scores,
+    reciprocal_rank_fusion,
+)
 from shopsearch.retrieval.types import Hit
 
 
@@ -43,8 +48,7 @@ def test_rrf_rejects_mismatched_weights():
 def test_normalize_constant_and_single_scores():
     assert list(normalize_scores(np.array([3.0, 3.0]), "minmax")) == [1.0, 1.0]
     assert list(normalize_scores(np.array([3.0]), "zscore")) == [0.0]
-    np.testing.assert_allclose(normalize_scores(np.array([1.0, 2.0, 3.0]), "minmax"),
-                               [0, 0.5, 1])
+    np.testing.assert_allclose(normalize_scores(np.array([1.0, 2.0, 3.0]), "minmax"), [0, 0.5, 1])
     with pytest.raises(ValueError, match="normalisation"):
         normalize_scores(np.array([1.0]), "rank")
 

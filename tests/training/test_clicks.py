@@ -59,28 +59,57 @@ def test_utf8_bom_is_accepted(tmp_path):
         ('["a", "1", 1, 0]', None, "expected a JSON object"),
         ('{"product_id": "1", "position": 1, "clicked": 0}', "query", "missing required field"),
         ('{"query": "a", "product_id": "1", "clicked": 0}', "position", "missing required field"),
-        ('{"query": "  ", "product_id": "1", "position": 1, "clicked": 0}', "query",
-         "empty query"),
-        ('{"query": 3, "product_id": "1", "position": 1, "clicked": 0}', "query",
-         "must be a string"),
-        ('{"query": "a", "product_id": "", "position": 1, "clicked": 0}', "product_id",
-         "empty product id"),
-        ('{"query": "a", "product_id": "1", "position": 0, "clicked": 0}', "position",
-         "positive integer"),
-        ('{"query": "a", "product_id": "1", "position": 2.5, "clicked": 0}', "position",
-         "positive integer"),
-        ('{"query": "a", "product_id": "1", "position": "3", "clicked": 0}', "position",
-         "positive integer"),
-        ('{"query": "a", "product_id": "1", "position": true, "clicked": 0}', "position",
-         "positive integer"),
-        ('{"query": "a", "product_id": "1", "position": 1, "clicked": 2}', "clicked",
-         "must be 0, 1, true or false"),
-        ('{"query": "a", "product_id": "1", "position": 1, "clicked": "yes"}', "clicked",
-         "must be 0, 1, true or false"),
-        ('{"query": "a", "product_id": "1", "position": 1, "clicked": 0, "purchased": 1}',
-         "purchased", "implies a click"),
-        ('{"query": "a", "product_id": "1", "position": 1, "clicked": 1, "user_id": [1]}',
-         "user_id", "string or an integer"),
+        ('{"query": "  ", "product_id": "1", "position": 1, "clicked": 0}', "query", "empty query"),
+        (
+            '{"query": 3, "product_id": "1", "position": 1, "clicked": 0}',
+            "query",
+            "must be a string",
+        ),
+        (
+            '{"query": "a", "product_id": "", "position": 1, "clicked": 0}',
+            "product_id",
+            "empty product id",
+        ),
+        (
+            '{"query": "a", "product_id": "1", "position": 0, "clicked": 0}',
+            "position",
+            "positive integer",
+        ),
+        (
+            '{"query": "a", "product_id": "1", "position": 2.5, "clicked": 0}',
+            "position",
+            "positive integer",
+        ),
+        (
+            '{"query": "a", "product_id": "1", "position": "3", "clicked": 0}',
+            "position",
+            "positive integer",
+        ),
+        (
+            '{"query": "a", "product_id": "1", "position": true, "clicked": 0}',
+            "position",
+            "positive integer",
+        ),
+        (
+            '{"query": "a", "product_id": "1", "position": 1, "clicked": 2}',
+            "clicked",
+            "must be 0, 1, true or false",
+        ),
+        (
+            '{"query": "a", "product_id": "1", "position": 1, "clicked": "yes"}',
+            "clicked",
+            "must be 0, 1, true or false",
+        ),
+        (
+            '{"query": "a", "product_id": "1", "position": 1, "clicked": 0, "purchased": 1}',
+            "purchased",
+            "implies a click",
+        ),
+        (
+            '{"query": "a", "product_id": "1", "position": 1, "clicked": 1, "user_id": [1]}',
+            "user_id",
+            "string or an integer",
+        ),
     ],
 )
 def test_bad_line_names_file_line_and_field(tmp_path, line, field, message):
@@ -120,9 +149,14 @@ def test_click_labels_per_impression_and_aggregated():
         Impression("q", "b", 2, True),
     ]
     assert click_labels(imps) == [
-        ("q", "b", 1.0, 2), ("q", "a", 0.0, 1), ("q", "b", 0.0, 2), ("q", "b", 1.0, 1),
+        ("q", "b", 1.0, 2),
+        ("q", "a", 0.0, 1),
+        ("q", "b", 0.0, 2),
+        ("q", "b", 1.0, 1),
         ("q", "b", 1.0, 2),
     ]
     assert click_labels(imps, aggregate=True) == [
-        ("q", "a", 0.0, 1), ("q", "b", 1.0, 1), ("q", "b", pytest.approx(2 / 3), 2),
+        ("q", "a", 0.0, 1),
+        ("q", "b", 1.0, 1),
+        ("q", "b", pytest.approx(2 / 3), 2),
     ]

@@ -3,8 +3,12 @@ import pytest
 
 from shopsearch.errors import DataError
 from shopsearch.training.clicks import Impression
-from shopsearch.training.pipeline import (click_pairs, sampled_negatives, simulate_click_log,
-                                          split_queries)
+from shopsearch.training.pipeline import (
+    click_pairs,
+    sampled_negatives,
+    simulate_click_log,
+    split_queries,
+)
 
 
 def test_split_is_seeded_disjoint_and_adapts_to_small_sets():
@@ -24,8 +28,12 @@ def imp(query, pid, position, clicked):
 
 
 def test_click_pairs_naive_and_position_weighted():
-    log = [imp("q", "a", 1, True), imp("q", "a", 1, False), imp("q", "b", 2, True),
-           imp("q", "b", 2, False)]
+    log = [
+        imp("q", "a", 1, True),
+        imp("q", "a", 1, False),
+        imp("q", "b", 2, True),
+        imp("q", "b", 2, False),
+    ]
     text = {"a": "A", "b": "B"}
     naive = {p.text: (p.label, p.weight) for p in click_pairs(log, text, None)}
     assert naive == {"A": (0.5, 1.0), "B": (0.5, 1.0)}
@@ -41,14 +49,21 @@ def test_sampled_negatives_avoid_shown_products():
     pairs = sampled_negatives(["q1", "q2"], sorted(text), text, {"q1": {"p1", "p2"}}, 3, seed=0)
     assert len(pairs) == 6 and all(p.label == 0.0 for p in pairs)
     assert not {p.text for p in pairs if p.query == "q1"} & {"t1", "t2"}
-    assert pairs == sampled_negatives(["q1", "q2"], sorted(text), text, {"q1": {"p1", "p2"}}, 3,
-                                      seed=0)
+    assert pairs == sampled_negatives(
+        ["q1", "q2"], sorted(text), text, {"q1": {"p1", "p2"}}, 3, seed=0
+    )
 
 
 def test_simulated_log_mixes_shown_and_shuffled_sessions():
     rankings = {"q1": [f"p{i}" for i in range(10)]}
-    log = simulate_click_log(rankings, {"q1": {"p3": 2}}, {"q1": "query one"},
-                             sessions_per_query=10, shuffled_fraction=0.3, seed=1)
+    log = simulate_click_log(
+        rankings,
+        {"q1": {"p3": 2}},
+        {"q1": "query one"},
+        sessions_per_query=10,
+        shuffled_fraction=0.3,
+        seed=1,
+    )
     assert len(log) == 100 and {i.query for i in log} == {"query one"}
     shuffled = [i for i in log if i.session_id.endswith("-shuffled")]
     assert len(shuffled) == 30
@@ -70,4 +85,7 @@ def test_ranked_negatives_skip_judged_and_mix_head_and_tail():
     assert len(head) == 4
     assert picked == sample_ranked_negatives(ranked, judged, 6, random.Random(0), head=30)
     # A short ranking: whatever unjudged products exist, no more.
-    assert sorted(sample_ranked_negatives(["a", "b", "c"], {"b": 2}, 5, random.Random(0))) == ["a", "c"]
+    assert sorted(sample_ranked_negatives(["a", "b", "c"], {"b": 2}, 5, random.Random(0))) == [
+        "a",
+        "c",
+    ]

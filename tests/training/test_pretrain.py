@@ -16,11 +16,13 @@ from shopsearch.training.pretrain import _hf_folder, pretrain_mlm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TEXTS = [f"{colour} {material} {item} for {who}"
-         for colour in ("red", "blue", "green", "black")
-         for material in ("cotton", "leather", "wool")
-         for item in ("shoe", "bag", "hat")
-         for who in ("men", "women")][:40]
+TEXTS = [
+    f"{colour} {material} {item} for {who}"
+    for colour in ("red", "blue", "green", "black")
+    for material in ("cotton", "leather", "wool")
+    for item in ("shoe", "bag", "hat")
+    for who in ("men", "women")
+][:40]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,20 @@ def test_pretrain_reports_perplexities_and_writes_a_sentence_transformer(minilm,
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "mlm"
-    report = pretrain_mlm(minilm, TEXTS + ["", "  ", TEXTS[0]], out, epochs=1, batch_size=8, learning_rate=5e-4,
-                          max_length=32, eval_fraction=0.25, progress=False)
-    assert report["n_eval_texts"] == 10 and report["n_train_texts"] == 30  # blanks and the duplicate dropped
+    report = pretrain_mlm(
+        minilm,
+        TEXTS + ["", "  ", TEXTS[0]],
+        out,
+        epochs=1,
+        batch_size=8,
+        learning_rate=5e-4,
+        max_length=32,
+        eval_fraction=0.25,
+        progress=False,
+    )
+    assert (
+        report["n_eval_texts"] == 10 and report["n_train_texts"] == 30
+    )  # blanks and the duplicate dropped
     assert report["eval_masked_tokens"] > 0
     before, after = report["perplexity_before"], report["perplexity_after"]
     assert math.isfinite(before) and math.isfinite(after) and after > 1.0
@@ -52,7 +65,9 @@ def test_pretrain_reports_perplexities_and_writes_a_sentence_transformer(minilm,
     model = SentenceTransformer(str(out))
     base_json = json.loads((pathlib.Path(minilm) / "modules.json").read_text())
     base_modules = [m["type"].rsplit(".", 1)[1] for m in base_json]
-    out_modules = [m["type"].rsplit(".", 1)[1] for m in json.loads((out / "modules.json").read_text())]
+    out_modules = [
+        m["type"].rsplit(".", 1)[1] for m in json.loads((out / "modules.json").read_text())
+    ]
     assert out_modules == base_modules == ["Transformer", "Pooling", "Normalize"]
     embeddings = model.encode(["red leather bag", "wool hat"], convert_to_numpy=True)
     assert embeddings.shape == (2, 384)
@@ -82,14 +97,36 @@ def test_pretrain_input_checks(minilm, tmp_path):
 
 
 def test_hf_folder_resolution(minilm, tmp_path):
-    assert pathlib.Path(_hf_folder(minilm)) == pathlib.Path(minilm)  # MiniLM keeps the HF files at its root
+    assert pathlib.Path(_hf_folder(minilm)) == pathlib.Path(
+        minilm
+    )  # MiniLM keeps the HF files at its root
     assert _hf_folder("bert-base-uncased") == "bert-base-uncased"
     nested = tmp_path / "st"
     nested.mkdir()
-    (nested / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]))
+    (nested / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "0_Transformer",
+                    "type": "sentence_transformers.models.Transformer",
+                }
+            ]
+        )
+    )
     assert pathlib.Path(_hf_folder(str(nested))) == nested / "0_Transformer"
-    (nested / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.router.Router"}]))
+    (nested / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.base.modules.router.Router",
+                }
+            ]
+        )
+    )
     with pytest.raises(ModelError, match="separate query/document towers"):
         _hf_folder(str(nested))

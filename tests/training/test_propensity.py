@@ -48,8 +48,9 @@ def _mixed_log(eta: float):
     """
     rankings, qrels = _judged_rankings()
     log = simulate_clicks(rankings, qrels, sessions_per_query=SESSIONS, eta=eta, seed=1)
-    log += simulate_clicks(rankings, qrels, sessions_per_query=SESSIONS, eta=eta, seed=2,
-                           shuffle_top=10)
+    log += simulate_clicks(
+        rankings, qrels, sessions_per_query=SESSIONS, eta=eta, seed=2, shuffle_top=10
+    )
     return log, qrels
 
 
@@ -100,8 +101,11 @@ def test_em_one_step_by_hand():
 
 
 def test_em_ignores_deep_ranks_and_checks_coverage(caplog):
-    log = [Impression("q", "A", 1, True), Impression("q", "B", 2, False),
-           Impression("q", "C", 30, True)]
+    log = [
+        Impression("q", "A", 1, True),
+        Impression("q", "B", 2, False),
+        Impression("q", "C", 30, True),
+    ]
     with caplog.at_level(logging.WARNING, logger="shopsearch.training.propensity"):
         est = estimate_propensities_em(log, max_position=2, n_iter=5)
     assert est.shape == (2,)
@@ -138,8 +142,12 @@ def test_ipw_debiases_relevance_estimates(mixed_log_eta1):
 def test_propensity_at_and_ipw_weights_by_hand():
     theta = np.array([1.0, 0.5, 0.25])
     np.testing.assert_allclose(propensity_at([1, 2, 3, 7], theta), [1.0, 0.5, 0.25, 0.25])
-    log = [Impression("q", "a", 2, True), Impression("q", "b", 2, False),
-           Impression("q", "c", 9, True), Impression("q", "d", 1, True)]
+    log = [
+        Impression("q", "a", 2, True),
+        Impression("q", "b", 2, False),
+        Impression("q", "c", 9, True),
+        Impression("q", "d", 1, True),
+    ]
     np.testing.assert_allclose(ipw_weights(log, theta), [2.0, 1.0, 4.0, 1.0])
     np.testing.assert_allclose(ipw_weights(log, theta, clip=3.0), [2.0, 1.0, 3.0, 1.0])
     with pytest.raises(ValueError, match="clip"):
@@ -194,7 +202,8 @@ def test_weighted_bce_by_hand_and_torch_twin():
     assert weighted_bce(z, y, w) == pytest.approx((2 * math.log(2) + math.log(4)) / 2)
     # Soft target 1/4 at z = ln 3: -(1/4 log 3/4 + 3/4 log 1/4).
     assert weighted_bce([math.log(3.0)], [0.25]) == pytest.approx(
-        -(0.25 * math.log(0.75) + 0.75 * math.log(0.25)))
+        -(0.25 * math.log(0.75) + 0.75 * math.log(0.25))
+    )
     assert weighted_bce([1000.0, -1000.0], [0.0, 1.0]) == pytest.approx(1000.0)
 
     torch = pytest.importorskip("torch")

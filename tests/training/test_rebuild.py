@@ -35,8 +35,7 @@ def test_rebuild_keeps_fusion_depth_reranker_and_its_blend(built_index, tmp_path
     update_manifest(built_index, fusion=fusion.to_dict(), candidate_depth=37)
     before = load_index(built_index).manifest
 
-    rebuild_dense(SimpleNamespace(index=load_index(built_index)), pathlib.Path(minilm),
-                  built_index)
+    rebuild_dense(SimpleNamespace(index=load_index(built_index)), pathlib.Path(minilm), built_index)
 
     after = load_index(built_index).manifest
     assert after.encoder["name"] == minilm and after.encoder["dim"] == 384

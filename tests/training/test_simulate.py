@@ -21,8 +21,7 @@ def test_true_propensities():
 
 
 def test_layout_and_determinism():
-    log = simulate_clicks(RANKINGS, QRELS, queries=QUERIES, sessions_per_query=3, depth=4,
-                          seed=7)
+    log = simulate_clicks(RANKINGS, QRELS, queries=QUERIES, sessions_per_query=3, depth=4, seed=7)
     # q1 shows 4 of 5 products, q2 its 2; three sessions each; queries in sorted id order.
     assert len(log) == 3 * 4 + 3 * 2
     assert [i.query for i in log[:12]] == ["drill"] * 12 and log[12].query == "电钻"
@@ -32,8 +31,14 @@ def test_layout_and_determinism():
     assert log[0].timestamp == "2024-01-01T00:00:00+00:00"
     assert log[4].timestamp == "2024-01-01T00:01:00+00:00"
     assert all(i.clicked or not i.purchased for i in log)
-    again = simulate_clicks(dict(reversed(list(RANKINGS.items()))), QRELS, queries=QUERIES,
-                            sessions_per_query=3, depth=4, seed=7)
+    again = simulate_clicks(
+        dict(reversed(list(RANKINGS.items()))),
+        QRELS,
+        queries=QUERIES,
+        sessions_per_query=3,
+        depth=4,
+        seed=7,
+    )
     assert again == log
     a, b = (simulate_clicks(RANKINGS, QRELS, sessions_per_query=50, seed=s) for s in (7, 8))
     assert [i.clicked for i in a] != [i.clicked for i in b]
@@ -55,9 +60,14 @@ def test_click_rates_follow_the_pbm():
 
 
 def test_no_bias_and_custom_click_model():
-    log = simulate_clicks({"q": ["a", "b", "c", "d"]}, {"q": {"a": 1, "b": 1, "c": 1, "d": 5}},
-                          sessions_per_query=4000, eta=0.0, seed=1,
-                          click_prob_by_grade={0: 0.0, 1: 0.5})
+    log = simulate_clicks(
+        {"q": ["a", "b", "c", "d"]},
+        {"q": {"a": 1, "b": 1, "c": 1, "d": 5}},
+        sessions_per_query=4000,
+        eta=0.0,
+        seed=1,
+        click_prob_by_grade={0: 0.0, 1: 0.5},
+    )
     rates = [np.mean([i.clicked for i in log if i.position == p]) for p in range(1, 5)]
     # eta = 0: every rank examined; grade 5 falls back to the largest grade in the table.
     np.testing.assert_allclose(rates, [0.5] * 4, atol=0.03)
@@ -65,8 +75,9 @@ def test_no_bias_and_custom_click_model():
 
 def test_shuffle_top_randomises_only_the_top():
     ranking = [f"p{i}" for i in range(6)]
-    log = simulate_clicks({"q": ranking}, {}, sessions_per_query=400, depth=6, shuffle_top=3,
-                          seed=0)
+    log = simulate_clicks(
+        {"q": ranking}, {}, sessions_per_query=400, depth=6, shuffle_top=3, seed=0
+    )
     seen_at = {p: Counter(i.position for i in log if i.product_id == p) for p in ranking}
     for p in ranking[:3]:
         assert set(seen_at[p]) == {1, 2, 3}

@@ -31,17 +31,38 @@ from shopsearch.training.reranker import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CATALOGUE = {
-    "running shoes": ["lightweight running shoes for men", "womens trail running shoes",
-                      "cushioned road running shoes"],
-    "coffee maker": ["drip coffee maker with glass carafe", "single serve coffee maker",
-                     "espresso coffee maker machine"],
-    "garden hose": ["expandable garden hose 50 ft", "heavy duty rubber garden hose", "garden hose with spray nozzle"],
-    "desk lamp": ["led desk lamp with usb port", "adjustable metal desk lamp", "dimmable desk lamp for reading"],
+    "running shoes": [
+        "lightweight running shoes for men",
+        "womens trail running shoes",
+        "cushioned road running shoes",
+    ],
+    "coffee maker": [
+        "drip coffee maker with glass carafe",
+        "single serve coffee maker",
+        "espresso coffee maker machine",
+    ],
+    "garden hose": [
+        "expandable garden hose 50 ft",
+        "heavy duty rubber garden hose",
+        "garden hose with spray nozzle",
+    ],
+    "desk lamp": [
+        "led desk lamp with usb port",
+        "adjustable metal desk lamp",
+        "dimmable desk lamp for reading",
+    ],
     "dog bed": ["orthopedic dog bed large", "washable plush dog bed", "elevated cooling dog bed"],
-    "phone case": ["shockproof phone case clear", "leather wallet phone case", "slim silicone phone case"],
+    "phone case": [
+        "shockproof phone case clear",
+        "leather wallet phone case",
+        "slim silicone phone case",
+    ],
     "yoga mat": ["non slip yoga mat thick", "travel yoga mat foldable", "cork yoga mat eco"],
-    "water bottle": ["insulated steel water bottle", "collapsible silicone water bottle",
-                     "kids water bottle with straw"],
+    "water bottle": [
+        "insulated steel water bottle",
+        "collapsible silicone water bottle",
+        "kids water bottle with straw",
+    ],
 }
 
 
@@ -54,7 +75,10 @@ def toy_pairs(split: int) -> list[PairExample]:
         own = titles[:2] if split == 0 else titles[2:]
         pairs += [PairExample(query, title, 1.0) for title in own]
         others = [key for key in CATALOGUE if key != query]
-        pairs += [PairExample(query, rnd.choice(CATALOGUE[key]), 0.0) for key in rnd.sample(others, len(own))]
+        pairs += [
+            PairExample(query, rnd.choice(CATALOGUE[key]), 0.0)
+            for key in rnd.sample(others, len(own))
+        ]
     return pairs
 
 
@@ -77,7 +101,7 @@ def test_weighted_bce_matches_hand_computation():
     logits = torch.tensor([0.0, 2.0])
     loss = weighted_bce_with_logits(logits, torch.tensor([1.0, 0.0]), torch.tensor([1.0, 3.0]))
     # bce(0, 1) = ln 2; bce(2, 0) = ln(1 + e^2); self-normalised by the weight sum 4.
-    expected = (math.log(2.0) + 3 * math.log(1 + math.e ** 2)) / 4
+    expected = (math.log(2.0) + 3 * math.log(1 + math.e**2)) / 4
     assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
@@ -85,12 +109,15 @@ def test_zero_weight_example_has_no_effect_on_loss_or_gradients():
     import torch
 
     base_logits = torch.tensor([0.3, -1.2, 2.0], requires_grad=True)
-    loss = weighted_bce_with_logits(base_logits, torch.tensor([1.0, 0.0, 0.7]), torch.tensor([2.0, 1.0, 0.5]))
+    loss = weighted_bce_with_logits(
+        base_logits, torch.tensor([1.0, 0.0, 0.7]), torch.tensor([2.0, 1.0, 0.5])
+    )
     loss.backward()
 
     more_logits = torch.tensor([0.3, -1.2, 2.0, 5.0], requires_grad=True)
-    more = weighted_bce_with_logits(more_logits, torch.tensor([1.0, 0.0, 0.7, 0.0]),
-                                    torch.tensor([2.0, 1.0, 0.5, 0.0]))
+    more = weighted_bce_with_logits(
+        more_logits, torch.tensor([1.0, 0.0, 0.7, 0.0]), torch.tensor([2.0, 1.0, 0.5, 0.0])
+    )
     more.backward()
     assert float(more.detach()) == pytest.approx(float(loss.detach()), rel=1e-7)
     assert torch.allclose(more_logits.grad[:3], base_logits.grad)
@@ -112,9 +139,11 @@ def test_weighted_log_loss_and_auc_match_sklearn():
     weights = rng.random(50) * 4
     probs = 1 / (1 + np.exp(-logits))
     assert weighted_log_loss(logits, labels, weights) == pytest.approx(
-        log_loss(labels, probs, sample_weight=weights), rel=1e-9)
+        log_loss(labels, probs, sample_weight=weights), rel=1e-9
+    )
     assert weighted_auc(logits, labels, weights) == pytest.approx(
-        roc_auc_score(labels, logits, sample_weight=weights), rel=1e-12)
+        roc_auc_score(labels, logits, sample_weight=weights), rel=1e-12
+    )
     # Hand-checked AUC: both positives (logits 1, 0) below both negatives (2, 3) -> 0.
     assert weighted_auc(np.array([1.0, 2.0, 0.0, 3.0]), np.array([1, 0, 1, 0]), np.ones(4)) == 0.0
     # Soft targets are binarised at 0.5; a single class has no AUC.
@@ -131,7 +160,12 @@ def test_early_stopper_stops_after_patience_and_tracks_best():
 
     patient = EarlyStopper(patience=2)
     assert [patient.update(v) for v in (0.5, 0.6, 0.4, 0.7, 0.8)] == [
-        (True, False), (False, False), (True, False), (False, False), (False, True)]
+        (True, False),
+        (False, False),
+        (True, False),
+        (False, False),
+        (False, True),
+    ]
     never = EarlyStopper(patience=None)
     assert [never.update(v)[1] for v in (0.5, 0.6, 0.7, float("nan"))] == [False] * 4
 
@@ -144,7 +178,9 @@ def test_build_pairs_from_qrels_grades_and_negatives():
     queries = {"q1": "red shoe", "q2": "blue bag"}
     qrels = {"q1": {"p1": 2, "p2": 1, "p3": 0}, "q2": {"p4": -1}}
     text = {f"p{i}": f"product {i}" for i in range(1, 7)}
-    pairs = build_pairs_from_qrels(queries, qrels, text, negatives={"q1": ["p2", "p5"], "q2": ["p6"]})
+    pairs = build_pairs_from_qrels(
+        queries, qrels, text, negatives={"q1": ["p2", "p5"], "q2": ["p6"]}
+    )
     assert [(p.query, p.text, p.label, p.weight) for p in pairs] == [
         ("red shoe", "product 1", 1.0, 1.0),
         ("red shoe", "product 2", 0.5, 1.0),
@@ -153,27 +189,40 @@ def test_build_pairs_from_qrels_grades_and_negatives():
         ("blue bag", "product 4", 0.0, 1.0),  # negative TREC grade counts as 0
         ("blue bag", "product 6", 0.0, 1.0),
     ]
-    assert [p.label for p in build_pairs_from_qrels(queries, {"q1": {"p1": 2}}, text, max_grade=3)] == [
-        pytest.approx(2 / 3)]
+    assert [
+        p.label for p in build_pairs_from_qrels(queries, {"q1": {"p1": 2}}, text, max_grade=3)
+    ] == [pytest.approx(2 / 3)]
 
 
 def test_build_pairs_from_qrels_rejects_or_skips_unknown_ids():
     with pytest.raises(DataError, match="unknown ids, e.g. query q9, product p9"):
         build_pairs_from_qrels({"q1": "x"}, {"q9": {"p1": 1}, "q1": {"p9": 1}}, {"p1": "t"})
-    assert build_pairs_from_qrels({"q1": "x"}, {"q9": {"p1": 1}, "q1": {"p9": 1}}, {"p1": "t"},
-                                  skip_missing=True) == []
+    assert (
+        build_pairs_from_qrels(
+            {"q1": "x"}, {"q9": {"p1": 1}, "q1": {"p9": 1}}, {"p1": "t"}, skip_missing=True
+        )
+        == []
+    )
     with pytest.raises(DataError, match="exceeds max_grade=2"):
         build_pairs_from_qrels({"q1": "x"}, {"q1": {"p1": 3}}, {"p1": "t"})
 
 
 def test_build_pairs_from_clicks_labels_weights_and_sampled_negatives():
     text = {f"p{i}": f"product {i}" for i in range(20)}
-    rows = [("shoe", "p1", True, 2.5), ("shoe", "p2", False, 1.5), ("bag", "p3", False, 1.0),
-            ("bag", "p1", True, 4.0)]
+    rows = [
+        ("shoe", "p1", True, 2.5),
+        ("shoe", "p2", False, 1.5),
+        ("bag", "p3", False, 1.0),
+        ("bag", "p1", True, 4.0),
+    ]
     pairs = build_pairs_from_clicks(rows, text, 3, np.random.default_rng(0))
     logged = [(p.query, p.text, p.label, p.weight) for p in pairs[:4]]
-    assert logged == [("shoe", "product 1", 1.0, 2.5), ("shoe", "product 2", 0.0, 1.5),
-                      ("bag", "product 3", 0.0, 1.0), ("bag", "product 1", 1.0, 4.0)]
+    assert logged == [
+        ("shoe", "product 1", 1.0, 2.5),
+        ("shoe", "product 2", 0.0, 1.5),
+        ("bag", "product 3", 0.0, 1.0),
+        ("bag", "product 1", 1.0, 4.0),
+    ]
     sampled = pairs[4:]
     assert len(sampled) == 6
     assert all(p.label == 0.0 and p.weight == 1.0 for p in sampled)
@@ -184,11 +233,14 @@ def test_build_pairs_from_clicks_labels_weights_and_sampled_negatives():
     again = build_pairs_from_clicks(rows, text, 3, np.random.default_rng(0))
     assert [(p.query, p.text) for p in again] == [(p.query, p.text) for p in pairs]
     # A catalogue too small for the request gives what it has.
-    tiny = build_pairs_from_clicks([("q", "a", True, 1.0)], {"a": "A", "b": "B"}, 5, np.random.default_rng(0))
+    tiny = build_pairs_from_clicks(
+        [("q", "a", True, 1.0)], {"a": "A", "b": "B"}, 5, np.random.default_rng(0)
+    )
     assert [(p.text, p.label) for p in tiny] == [("A", 1.0), ("B", 0.0)]
     with pytest.raises(DataError, match="clicks:2, field 'weight': weight must be finite and >= 0"):
-        build_pairs_from_clicks([("q", "a", True, 1.0), ("q", "a", True, -1.0)], {"a": "A"}, 0,
-                                np.random.default_rng(0))
+        build_pairs_from_clicks(
+            [("q", "a", True, 1.0), ("q", "a", True, -1.0)], {"a": "A"}, 0, np.random.default_rng(0)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,8 +250,9 @@ def test_build_pairs_from_clicks_labels_weights_and_sampled_negatives():
 @pytest.fixture(scope="module")
 def trained(minilm, tmp_path_factory):
     out = tmp_path_factory.mktemp("rr") / "model"
-    config = RerankerTrainingConfig(epochs=3, batch_size=4, learning_rate=3e-4, max_length=32,
-                                    early_stopping_patience=None)
+    config = RerankerTrainingConfig(
+        epochs=3, batch_size=4, learning_rate=3e-4, max_length=32, early_stopping_patience=None
+    )
     dev = toy_pairs(1)
     return train_cross_encoder(minilm, toy_pairs(0), dev, out, config, progress=False), dev
 
@@ -212,8 +265,9 @@ def test_training_lowers_dev_log_loss_and_raises_auc(trained):
     assert best["dev_log_loss"] < before["dev_log_loss"] - 0.05
     assert best["dev_auc"] > 0.8
     assert result.dev_logits.shape == (len(dev),)
-    assert weighted_log_loss(result.dev_logits, result.dev_labels, np.ones(len(dev))) == pytest.approx(
-        best["dev_log_loss"], rel=1e-5)
+    assert weighted_log_loss(
+        result.dev_logits, result.dev_labels, np.ones(len(dev))
+    ) == pytest.approx(best["dev_log_loss"], rel=1e-5)
 
 
 def test_served_logits_are_the_logits_training_evaluated(trained):
@@ -241,34 +295,46 @@ def test_served_logits_are_the_logits_training_evaluated(trained):
 def test_out_dir_in_use_is_refused_before_training(trained, minilm):
     result, dev = trained
     with pytest.raises(DataError, match="already exists and is not empty"):
-        train_cross_encoder(minilm, dev, dev, result.out_dir, RerankerTrainingConfig(), progress=False)
+        train_cross_encoder(
+            minilm, dev, dev, result.out_dir, RerankerTrainingConfig(), progress=False
+        )
     with pytest.raises(DataError, match="label must be in"):
-        train_cross_encoder(minilm, [PairExample("q", "t", 1.5)], [], result.out_dir, progress=False)
+        train_cross_encoder(
+            minilm, [PairExample("q", "t", 1.5)], [], result.out_dir, progress=False
+        )
 
 
 def test_early_stopping_restores_the_best_epoch(minilm, tmp_path):
     # The dev labels are the opposite of what training teaches, so dev loss rises once the model
     # learns: epoch 2 is worse than epoch 1, training stops there and epoch 1's weights are saved.
     dev = [PairExample(p.query, p.text, 1.0 - p.label) for p in toy_pairs(1)]
-    config = RerankerTrainingConfig(epochs=4, batch_size=4, learning_rate=3e-4, max_length=32,
-                                    early_stopping_patience=1)
+    config = RerankerTrainingConfig(
+        epochs=4, batch_size=4, learning_rate=3e-4, max_length=32, early_stopping_patience=1
+    )
     result = train_cross_encoder(minilm, toy_pairs(0), dev, tmp_path / "m", config, progress=False)
     losses = [h["dev_log_loss"] for h in result.history]
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert losses[2] > losses[1]
     assert result.best_epoch == 1
     saved = CrossEncoderReranker(result.out_dir).pair_logits([(p.query, p.text) for p in dev])
-    assert weighted_log_loss(saved, np.array([p.label for p in dev]), np.ones(len(dev))) == pytest.approx(
-        losses[1], rel=1e-5)
+    assert weighted_log_loss(
+        saved, np.array([p.label for p in dev]), np.ones(len(dev))
+    ) == pytest.approx(losses[1], rel=1e-5)
     assert json.loads((result.out_dir / "training.json").read_text())["stopped_early"] is True
 
 
 def test_zero_weights_leave_the_model_unchanged(minilm, tmp_path):
     # Without weight decay, all-zero weights give zero gradients, so AdamW does not move.
     train = [PairExample(p.query, p.text, p.label, 0.0) for p in toy_pairs(0)[:8]]
-    config = RerankerTrainingConfig(epochs=1, batch_size=8, learning_rate=1e-3, weight_decay=0.0, max_length=32)
-    result = train_cross_encoder(minilm, train, toy_pairs(1), tmp_path / "m", config, progress=False)
-    assert result.history[1]["dev_log_loss"] == pytest.approx(result.history[0]["dev_log_loss"], abs=1e-9)
+    config = RerankerTrainingConfig(
+        epochs=1, batch_size=8, learning_rate=1e-3, weight_decay=0.0, max_length=32
+    )
+    result = train_cross_encoder(
+        minilm, train, toy_pairs(1), tmp_path / "m", config, progress=False
+    )
+    assert result.history[1]["dev_log_loss"] == pytest.approx(
+        result.history[0]["dev_log_loss"], abs=1e-9
+    )
     assert math.isnan(result.history[1]["train_loss"])
 
 

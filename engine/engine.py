@@ -53,9 +53,16 @@ class SearchEngine:
     the top 50; :meth:`open` reads the installed reranker's tuned blend).
     """
 
-    def __init__(self, index: SearchIndex, *, encoder: Encoder | None = None,
-                 reranker: Reranker | None = None, depth: int | None = None,
-                 fusion: FusionConfig | None = None, blend: BlendConfig | None = None) -> None:
+    def __init__(
+        self,
+        index: SearchIndex,
+        *,
+        encoder: Encoder | None = None,
+        reranker: Reranker | None = None,
+        depth: int | None = None,
+        fusion: FusionConfig | None = None,
+        blend: BlendConfig | None = None,
+    ) -> None:
         self.index = index
         self.encoder = encoder
         self.reranker = reranker
@@ -68,24 +75,34 @@ class SearchEngine:
         self.product_texts = {p.id: p.text() for p in index.products}
         ids = [p.id for p in index.products]
         sparse = BM25Retriever(index.bm25, index.analyzer, ids, index.filters)
-        dense = (DenseRetriever(encoder, index.faiss_index, ids, index.filters)
-                 if encoder is not None else None)
+        dense = (
+            DenseRetriever(encoder, index.faiss_index, ids, index.filters)
+            if encoder is not None
+            else None
+        )
         hybrid = HybridRetriever(sparse, dense, self.fusion, self.depth)
         stages: dict[str, Retriever] = {"bm25": sparse}
         if dense is not None:
             stages["dense"] = dense
         stages["hybrid"] = hybrid
         if reranker is not None:
-            stages["rerank"] = RerankedRetriever(hybrid, reranker, self.product_texts,
-                                                 self.blend)
+            stages["rerank"] = RerankedRetriever(hybrid, reranker, self.product_texts, self.blend)
         self.stages = stages
         self.sparse = sparse
 
     @classmethod
-    def open(cls, path: str | Path, *, reranker: str | None = None, use_reranker: bool = True,
-             load_encoder: bool = True, depth: int | None = None,
-             fusion: FusionConfig | None = None, blend: BlendConfig | None = None,
-             rerank_top: int | None = None) -> "SearchEngine":
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        reranker: str | None = None,
+        use_reranker: bool = True,
+        load_encoder: bool = True,
+        depth: int | None = None,
+        fusion: FusionConfig | None = None,
+        blend: BlendConfig | None = None,
+        rerank_top: int | None = None,
+    ) -> SearchEngine:
         """Load an index with the encoder it was built with and its reranker, if any.
 
         The installed reranker comes with the blend ``tune-rerank`` stored for it; an explicit
@@ -111,14 +128,16 @@ class SearchEngine:
             if source is not None:
                 from shopsearch.rerank.cross_encoder import CrossEncoderReranker
 
-                rerank_model = CrossEncoderReranker(source)
-                rerank_model.logits("warm-up", ["warm-up"])
+                cross_encoder = CrossEncoderReranker(source)
+                cross_encoder.logits("warm-up", ["warm-up"])
+                rerank_model = cross_encoder
         if blend is None and rerank_model is not None and reranker is None:
             blend = BlendConfig.from_dict((index.manifest.reranker or {}).get("blend"))
         if rerank_top is not None:
             blend = replace(blend or BlendConfig(), top=rerank_top)
-        return cls(index, encoder=encoder, reranker=rerank_model, depth=depth, fusion=fusion,
-                   blend=blend)
+        return cls(
+            index, encoder=encoder, reranker=rerank_model, depth=depth, fusion=fusion, blend=blend
+        )
 
     @property
     def final_stage(self) -> str:
@@ -142,8 +161,15 @@ class SearchEngine:
         """The query's BM25 terms, as the BM25 stage sees them."""
         return self.sparse.analyse(query)
 
-    def search(self, query: str, k: int = 10, filters: Filters | None = None, *,
-               explain: bool = False, stage: str | None = None) -> SearchResult:
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        filters: Filters | None = None,
+        *,
+        explain: bool = False,
+        stage: str | None = None,
+    ) -> SearchResult:
         """Run the pipeline up to ``stage`` (default: the full one) for one query and return
         its top ``k`` products with per-step timings."""
         check_query(query)
@@ -157,29 +183,41 @@ class SearchEngine:
         timings["total"] = (time.perf_counter() - started) * 1000
         terms = self.analyse(query)
         return SearchResult(
-            query=query, stage=name, hits=hits,
+            query=query,
+            stage=name,
+            hits=hits,
             products={h.product_id: self.product(h.product_id) for h in hits},
-            query_terms=terms, timings_ms=timings,
+            query_terms=terms,
+            timings_ms=timings,
             matched_terms=self._matched_terms(terms, hits) if explain else {},
             reranked=name == "rerank",
             calibrated=name == "rerank" and bool(self.reranker and self.reranker.calibrated),
-            notes=self._notes(name, hits, k, filters))
+            notes=self._notes(name, hits, k, filters),
+        )
 
     def _matched_terms(self, terms: list[str], hits: list[Hit]) -> dict[str, list[str]]:
         wanted = set(terms)
-        return {h.product_id: sorted(wanted & set(self.index.analyzer.tokenize(
-                    self.product_texts[h.product_id]))) for h in hits}
+        return {
+            h.product_id: sorted(
+                wanted & set(self.index.analyzer.tokenize(self.product_texts[h.product_id]))
+            )
+            for h in hits
+        }
 
     def _notes(self, stage: str, hits: list[Hit], k: int, filters: Filters | None) -> list[str]:
         notes = []
         if stage == "hybrid" and "dense" not in self.stages:
             notes.append("no dense part in this index: results are BM25 only")
         if stage == "rerank" and self.reranker is not None and not self.reranker.calibrated:
-            notes.append("reranker has no calibration.json: click probabilities are a plain "
-                         "sigmoid of its logits")
+            notes.append(
+                "reranker has no calibration.json: click probabilities are a plain "
+                "sigmoid of its logits"
+            )
         if stage != "rerank" and self.reranker is None and stage == self.final_stage:
-            notes.append("results are not reranked: this index has no fine-tuned reranker "
-                         "(train one with `search-cli train-reranker` or pass --reranker)")
+            notes.append(
+                "results are not reranked: this index has no fine-tuned reranker "
+                "(train one with `search-cli train-reranker` or pass --reranker)"
+            )
         if filters is not None and filters.active and len(hits) < k:
             notes.append(f"only {len(hits)} products match the filters")
         return notes

@@ -10,8 +10,14 @@ class SearchError(Exception):
 class DataError(SearchError, ValueError):
     """Bad input data. The message names the file, the line and the field when they are known."""
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
         where = []
         if path is not None:
             where.append(str(path) + (f":{line}" if line is not None else ""))

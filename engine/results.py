@@ -31,13 +31,25 @@ class SearchResult:
         results = []
         for rank, hit in enumerate(self.hits, start=1):
             product = self.products[hit.product_id]
-            entry: dict[str, Any] = {"rank": rank, "id": hit.product_id, "title": product.title,
-                                     "price": product.price, "category": product.category,
-                                     "score": hit.score, **hit.scores}
+            entry: dict[str, Any] = {
+                "rank": rank,
+                "id": hit.product_id,
+                "title": product.title,
+                "price": product.price,
+                "category": product.category,
+                "score": hit.score,
+                **hit.scores,
+            }
             if hit.product_id in self.matched_terms:
                 entry["matched_terms"] = self.matched_terms[hit.product_id]
             results.append(entry)
-        return {"query": self.query, "stage": self.stage, "query_terms": self.query_terms,
-                "reranked": self.reranked, "calibrated": self.calibrated, "notes": self.notes,
-                "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
-                "results": results}
+        return {
+            "query": self.query,
+            "stage": self.stage,
+            "query_terms": self.query_terms,
+            "reranked": self.reranked,
+            "calibrated": self.calibrated,
+            "notes": self.notes,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "results": results,
+        }
