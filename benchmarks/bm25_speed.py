@@ -33,8 +33,9 @@ def vocabulary(language: str, data: Path, limit: int = 20000) -> list[str]:
         with (data / "homedepot" / "products.jsonl").open(encoding="utf-8") as handle:
             texts = [json.loads(line)["title"] for line in handle]
     else:
-        with (data / "taobao_queries" / "train.query.tsv").open(encoding="utf-8") as handle:
-            texts = [line.rstrip("\n").split("\t", 1)[-1] for line in handle][:50000]
+        from shopsearch.benchmarks.trec import read_queries
+
+        texts = list(read_queries(data / "taobao_queries" / "train.query.tsv").values())[:50000]
     for text in texts:
         for term in analyzer.tokenize(text):
             counts[term] = counts.get(term, 0) + 1

@@ -292,9 +292,9 @@ def weighted_bce(
             f"logits, targets and weights must be non-empty and of one shape, "
             f"got {z.shape}, {y.shape}, {w.shape}"
         )
-    # -[y log s(z) + (1 - y) log(1 - s(z))] = max(z, 0) - z y + log(1 + exp(-|z|))
-    loss = np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))
-    return float(np.mean(w * loss))
+    from shopsearch.rerank.calibration import bce_with_logits
+
+    return float(np.mean(w * bce_with_logits(z, y)))
 
 
 def weighted_bce_torch(
