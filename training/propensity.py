@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from shopsearch.errors import DataError
+from shopsearch.rerank.calibration import bce_with_logits
 from shopsearch.training.clicks import Impression
 
 if TYPE_CHECKING:
@@ -292,8 +293,6 @@ def weighted_bce(
             f"logits, targets and weights must be non-empty and of one shape, "
             f"got {z.shape}, {y.shape}, {w.shape}"
         )
-    from shopsearch.rerank.calibration import bce_with_logits
-
     return float(np.mean(w * bce_with_logits(z, y)))
 
 
