@@ -348,7 +348,12 @@ def main() -> None:  # pragma: no cover - console entry point
 def _register_subcommands() -> None:
     # Training and benchmark commands are defined in their own modules; importing them here
     # is cheap because they import torch and friends inside the commands.
-    for module in ("shopsearch.cli.train", "shopsearch.cli.bench", "shopsearch.cli.demo"):
+    for module in (
+        "shopsearch.cli.train",
+        "shopsearch.cli.bench",
+        "shopsearch.cli.demo",
+        "shopsearch.cli.serve",
+    ):
         try:
             __import__(module)
         except ModuleNotFoundError as exc:

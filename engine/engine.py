@@ -154,6 +154,10 @@ class SearchEngine:
             raise SearchError("no reranker: the index has none and none was given")
         return self.stages[name]
 
+    def categories(self) -> list[str]:
+        """Every category in the catalogue, sorted; what a category filter may name."""
+        return sorted({p.category for p in self.index.products if p.category})
+
     def product(self, product_id: str) -> Product:
         return self.index.products[self._row_of[product_id]]
 
@@ -218,6 +222,9 @@ class SearchEngine:
                 "results are not reranked: this index has no fine-tuned reranker "
                 "(train one with `search-cli train-reranker` or pass --reranker)"
             )
+        if filters is not None and filters.category is not None:
+            if not self.index.filters.knows_category(filters.category):
+                notes.append(f"no product has the category {filters.category!r}")
         if filters is not None and filters.active and len(hits) < k:
             notes.append(f"only {len(hits)} products match the filters")
         return notes

@@ -70,6 +70,15 @@ class FilterIndex:
     def __len__(self) -> int:
         return len(self._prices)
 
+    def knows_category(self, category: str) -> bool:
+        """Whether a category filter of this name selects any product."""
+        return category.strip().casefold() in self._codes_by_key
+
+    def price_range(self) -> tuple[float, float] | None:
+        """The lowest and highest price in the catalogue, None when no product has one."""
+        priced = self._prices[~np.isnan(self._prices)]
+        return (float(priced.min()), float(priced.max())) if priced.size else None
+
     def mask(self, filters: Filters | None) -> np.ndarray | None:
         """Boolean mask over catalogue rows, or None when nothing is filtered."""
         if filters is None or not filters.active:
