@@ -108,6 +108,14 @@ def _one_thread() -> None:
     type=float,
     help="Seconds a search may wait for a slot before it gets 503.",
 )
+@click.option(
+    "--watch-interval",
+    default=2.0,
+    show_default=True,
+    type=float,
+    help="Seconds between checks of the index manifest for a new version (0: off; "
+    "POST /admin/reload and SIGHUP still reload).",
+)
 @click.option("--log-level", default="warning", show_default=True)
 def serve_cmd(
     index_dir: Path,
@@ -121,6 +129,7 @@ def serve_cmd(
     concurrency: int,
     queue: int,
     queue_timeout: float,
+    watch_interval: float,
     log_level: str,
 ) -> None:
     """Serve the index over HTTP: a search page at /, the search API, click capture,
@@ -156,6 +165,7 @@ def serve_cmd(
         concurrency=concurrency,
         queue=queue,
         queue_timeout_s=queue_timeout,
+        watch_interval_s=watch_interval,
     )
     click.echo(
         f"serving {index_dir} on http://{host}:{port}/ ({workers} worker(s)); "

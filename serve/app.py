@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import signal
 import threading
 import time
 import uuid
@@ -194,6 +195,24 @@ def create_app(
             except Exception:  # keep exporting on the next tick; the rows stay in the database
                 logger.exception("writing the click log failed")
 
+    def reload_on_hangup() -> None:
+        # `kill -HUP <pid>` reloads like POST /admin/reload. Only the main thread may set
+        # signal handlers: an app run inside a thread (tests) relies on the endpoint.
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def reload_quietly() -> None:
+            try:
+                holder.reload()
+                metrics.reloads.labels("ok").inc()
+            except SearchError:
+                metrics.reloads.labels("failed").inc()
+
+        signal.signal(
+            signal.SIGHUP,
+            lambda signum, frame: threading.Thread(target=reload_quietly, daemon=True).start(),
+        )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
@@ -203,6 +222,7 @@ def create_app(
             metrics.reloads.labels("failed").inc()
             logger.error("not ready: %s", exc)
         holder.start_watching(config.watch_interval_s)
+        reload_on_hangup()
         exporter = threading.Thread(target=export_loop, name="click-log-export", daemon=True)
         exporter.start()
         try:

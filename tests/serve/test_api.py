@@ -2,8 +2,6 @@
 versions, clicks are attributed from the server's own record, every bad input gets a JSON
 error with the right status, and /metrics exposes traffic and online quality."""
 
-import json
-
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
