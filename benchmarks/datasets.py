@@ -30,6 +30,7 @@ from shopsearch.benchmarks.trec import (
     _open_text,
     _parse_grade,
     _require_file,
+    _utf8_lines,
     read_qrels,
     read_queries,
 )
@@ -341,8 +342,8 @@ def _read_tsv_dicts(path: Path, required: Sequence[str]) -> Iterator[tuple[int, 
     # WANDS descriptions are long; the csv module's default field limit (128 kB) is too small
     # for a few of them.
     csv.field_size_limit(min(2**31 - 1, 1 << 27))
-    with _open_text(path) as f:
-        reader = csv.DictReader(f, delimiter="\t")
+    with _open_text(path, errors="surrogateescape") as f:
+        reader = csv.DictReader(_utf8_lines(f, path), delimiter="\t")
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
         if missing:

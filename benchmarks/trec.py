@@ -3,7 +3,8 @@ TREC runs, in the formats trec_eval and ir_measures read.
 
 Conventions
 -----------
-- Identifiers (query ids, product ids) are always ``str``, even when a file stores integers.
+- Identifiers (query ids, product ids) are always ``str``, even when a file stores integers,
+  and never hold whitespace (TREC files are whitespace-separated).
 - Qrels are ``{query_id: {product_id: grade}}`` with integer grades; a grade >= 1 means
   relevant for the binary measures (see :mod:`shopsearch.benchmarks.metrics`).
 - Runs are ``{query_id: {product_id: score}}``. Only the score orders a ranking (as in
@@ -21,7 +22,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +33,50 @@ PathLike = str | os.PathLike
 _QUERY_ID_KEYS = ("query_id", "_id", "id", "qid")
 _QUERY_TEXT_KEYS = ("query", "text")
 _WHITESPACE = re.compile(r"\s")
+# Files are decoded with errors="surrogateescape", which turns each byte that is not UTF-8 into
+# one of these code points, so that the line holding it can be named.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# A JSON escape such as "\ud800" decodes to a lone surrogate, which no UTF-8 file can store.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def _open_text(path: Path):
+def _open_text(path: Path, errors: str = "strict"):
     # utf-8-sig: files saved by spreadsheet tools often start with a BOM, which would otherwise
     # become part of the first query id.
-    return open(path, encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", errors=errors, newline="")
 
 
 def _require_file(path: PathLike, what: str) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"is a directory, not a {what} file", path=str(p))
     if not p.is_file():
         raise DataError(f"{what} file not found", path=str(p))
     return p
 
 
+def _utf8_lines(f: Iterable[str], path: Path) -> Iterator[str]:
+    """The lines of a file opened with ``errors="surrogateescape"``; the first one that is
+    not UTF-8 is an error naming it."""
+    for number, raw in enumerate(f, start=1):
+        bad = _UNDECODABLE.search(raw)
+        if bad:
+            raise DataError(
+                f"not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x} at column "
+                f"{bad.start() + 1}); save the file as UTF-8",
+                path=str(path),
+                line=number,
+            )
+        yield raw
+
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` with line endings stripped, skipping blank lines."""
-    with _open_text(path) as f:
-        for number, raw in enumerate(f, start=1):
+    with _open_text(path, errors="surrogateescape") as f:
+        for number, raw in enumerate(_utf8_lines(f, path), start=1):
             line = raw.rstrip("\r\n")
             if line.strip():
                 yield number, line
@@ -62,6 +85,14 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 def _check_id(value: str, path: Path, line: int, field_name: str) -> str:
     if not value:
         raise DataError("empty identifier", path=str(path), line=line, field=field_name)
+    if _WHITESPACE.search(value):
+        # TREC qrels and runs are whitespace-separated: a benchmark could not write it back.
+        raise DataError(
+            f"identifier {value!r} contains whitespace, which TREC files cannot hold",
+            path=str(path),
+            line=line,
+            field=field_name,
+        )
     return value
 
 
@@ -116,7 +147,8 @@ def _check_writable_id(value: str, what: str) -> str:
     value = str(value)
     if not value or _WHITESPACE.search(value):
         # TREC files are whitespace-separated: such an id cannot be written back unambiguously.
-        raise ValueError(
+        # A DataError (a ValueError), as the id comes from the user's data, e.g. a catalogue.
+        raise DataError(
             f"{what} {value!r} is empty or contains whitespace; TREC files cannot represent it"
         )
     return value
@@ -144,6 +176,15 @@ def read_queries(path: PathLike) -> dict[str, str]:
 
     def add(qid: str, text: str, line: int) -> None:
         _check_id(qid, p, line, "query_id")
+        for name, value in (("query_id", qid), ("query", text)):
+            bad = _SURROGATE.search(value)
+            if bad:
+                raise DataError(
+                    f"{bad.group()!r} is half of a UTF-16 pair (a broken \\u escape), not text",
+                    path=str(p),
+                    line=line,
+                    field=name,
+                )
         text = text.strip()
         if not text:
             raise DataError(f"query {qid!r} has empty text", path=str(p), line=line, field="query")
@@ -161,6 +202,14 @@ def read_queries(path: PathLike) -> dict[str, str]:
             obj = _json_object(line, p, number)
             qid = _first_key(obj, _QUERY_ID_KEYS, p, number)
             text = _first_key(obj, _QUERY_TEXT_KEYS, p, number)
+            for name, value in (("query_id", qid), ("query", text)):
+                if isinstance(value, (dict, list, bool)):
+                    raise DataError(
+                        f"must be a string or a number, got {json.dumps(value)[:40]}",
+                        path=str(p),
+                        line=number,
+                        field=name,
+                    )
             add(str(qid).strip(), str(text), number)
     else:
         first = True
@@ -185,9 +234,12 @@ def read_queries(path: PathLike) -> dict[str, str]:
 
 
 def write_queries(path: PathLike, queries: Mapping[str, str]) -> Path:
-    """Write ``{query_id: query}`` as TSV ``query_id<TAB>query``; returns the path."""
+    """Write ``{query_id: query}`` as TSV ``query_id<TAB>query`` under a header line of the
+    same names (which :func:`read_queries` skips, so a first query that looks like a header
+    is kept); returns the path."""
     p = Path(path)
     with open(p, "w", encoding="utf-8", newline="\n") as f:
+        f.write("query_id\tquery\n")
         for qid, text in queries.items():
             qid = _check_writable_id(qid, "query id")
             clean = " ".join(str(text).split())  # a tab or newline would break the TSV
@@ -202,6 +254,10 @@ def _json_object(line: str, path: Path, number: int) -> dict[str, Any]:
         raise DataError(
             f"invalid JSON ({exc.msg} at column {exc.colno})", path=str(path), line=number
         ) from None
+    except (ValueError, RecursionError) as exc:
+        # json.loads raises these for an integer of over 4300 digits and deep nesting.
+        what = "nested too deep" if isinstance(exc, RecursionError) else "number too long"
+        raise DataError(f"invalid JSON ({what})", path=str(path), line=number) from None
     if not isinstance(obj, dict):
         raise DataError("expected a JSON object", path=str(path), line=number)
     return obj

@@ -10,13 +10,20 @@ import csv
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from shopsearch.errors import DataError
 from shopsearch.retrieval.types import Product
 
 KNOWN_FIELDS = ("id", "title", "description", "brand", "category", "price", "attributes")
+
+# Files are decoded with errors="surrogateescape", which turns each byte that is not UTF-8 into
+# one of these code points, so that the line holding it can be named.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# A JSON escape such as "\ud800" decodes to a lone surrogate, which no UTF-8 file can store.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _parse_price(value: Any, path: str, line: int | None) -> float | None:
@@ -30,7 +37,7 @@ def _parse_price(value: Any, path: str, line: int | None) -> float | None:
         price = (
             float(str(value).strip().replace(",", "")) if isinstance(value, str) else float(value)
         )
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(
             f"price must be a number, got {value!r}", path=path, line=line, field="price"
         ) from None
@@ -78,6 +85,13 @@ def record_to_product(record: dict[str, Any], path: str, line: int | None) -> Pr
                 line=line,
                 field="attributes",
             ) from None
+        except (ValueError, RecursionError):  # a number over 4300 digits, or deep nesting
+            raise DataError(
+                "attributes must be a JSON object: number too long or nesting too deep",
+                path=path,
+                line=line,
+                field="attributes",
+            ) from None
     if not isinstance(attributes, dict):
         raise DataError(
             "attributes must be an object of name -> value",
@@ -85,18 +99,47 @@ def record_to_product(record: dict[str, Any], path: str, line: int | None) -> Pr
             line=line,
             field="attributes",
         )
-    return Product(
+    product = Product(
         id=str(raw_id).strip(),
         title=title.strip(),
         price=_parse_price(record.get("price"), path, line),
         attributes=attributes,
         **text_fields,
     )
+    texts = {"id": product.id, "title": product.title, **text_fields}
+    if attributes:
+        texts["attributes"] = json.dumps(attributes, ensure_ascii=False)
+    if _SURROGATE.search("".join(texts.values())):  # one search; the loop only names the field
+        for name, text in texts.items():
+            bad = _SURROGATE.search(text)
+            if bad:
+                raise DataError(
+                    f"{bad.group()!r} is half of a UTF-16 pair (a broken \\u escape), not text",
+                    path=path,
+                    line=line,
+                    field=name,
+                )
+    return product
+
+
+def _utf8_lines(handle: Iterable[str], path: Path) -> Iterator[str]:
+    """The lines of a file opened with ``errors="surrogateescape"``, refusing the first one
+    that is not UTF-8."""
+    for line_no, line in enumerate(handle, start=1):
+        bad = _UNDECODABLE.search(line)
+        if bad:
+            raise DataError(
+                f"not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x} at column "
+                f"{bad.start() + 1}); save the file as UTF-8",
+                path=str(path),
+                line=line_no,
+            )
+        yield line
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as handle:
+        for line_no, line in enumerate(_utf8_lines(handle, path), start=1):
             if not line.strip():
                 continue
             try:
@@ -107,39 +150,54 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     path=str(path),
                     line=line_no,
                 ) from None
+            except (ValueError, RecursionError) as exc:
+                # json.loads raises these for an integer of over 4300 digits and deep nesting.
+                what = "nested too deep" if isinstance(exc, RecursionError) else "number too long"
+                raise DataError(f"malformed JSON ({what})", path=str(path), line=line_no) from None
             if not isinstance(record, dict):
                 raise DataError("each line must be a JSON object", path=str(path), line=line_no)
             yield line_no, record
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        if (
-            not reader.fieldnames
-            or "id" not in reader.fieldnames
-            or "title" not in reader.fieldnames
-        ):
-            raise DataError(
-                f"the header must name at least 'id' and 'title' columns "
-                f"(found {reader.fieldnames})",
-                path=str(path),
-                line=1,
-            )
-        for record in reader:
-            if None in record:
+        # strict: leniently read, an unclosed quote swallows every later row into one field.
+        reader = csv.DictReader(_utf8_lines(handle, path), delimiter=delimiter, strict=True)
+        try:
+            if (
+                not reader.fieldnames
+                or "id" not in reader.fieldnames
+                or "title" not in reader.fieldnames
+            ):
                 raise DataError(
-                    "more values than header columns (unquoted comma?)",
+                    f"the header must name at least 'id' and 'title' columns "
+                    f"(found {reader.fieldnames})",
                     path=str(path),
-                    line=reader.line_num,
+                    line=1,
                 )
-            yield reader.line_num, record
+            for record in reader:
+                if None in record:
+                    raise DataError(
+                        "more values than header columns (unquoted comma?)",
+                        path=str(path),
+                        line=reader.line_num,
+                    )
+                yield reader.line_num, record
+        except csv.Error as exc:
+            # DictReader.line_num is the last line of the last good row.
+            raise DataError(
+                f"malformed CSV ({exc}) in the row starting on this line",
+                path=str(path),
+                line=reader.line_num + 1,
+            ) from None
 
 
 def read_catalog(path: str | Path) -> list[Product]:
     """Read and validate a whole catalogue. Raises ``DataError`` on the first problem."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError("is a directory, not a catalogue file", path=str(path))
     if not path.is_file():
         raise DataError("catalogue file not found", path=str(path))
     suffix = path.suffix.lower()
@@ -151,21 +209,18 @@ def read_catalog(path: str | Path) -> list[Product]:
         raise DataError("unknown catalogue format: use .jsonl or .csv", path=str(path))
     products: list[Product] = []
     first_line: dict[str, int] = {}
-    try:
-        for line_no, record in records:
-            product = record_to_product(record, str(path), line_no)
-            if product.id in first_line:
-                raise DataError(
-                    f"duplicate product id {product.id!r} (first seen on line "
-                    f"{first_line[product.id]})",
-                    path=str(path),
-                    line=line_no,
-                    field="id",
-                )
-            first_line[product.id] = line_no
-            products.append(product)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc.reason})", path=str(path)) from None
+    for line_no, record in records:
+        product = record_to_product(record, str(path), line_no)
+        if product.id in first_line:
+            raise DataError(
+                f"duplicate product id {product.id!r} (first seen on line "
+                f"{first_line[product.id]})",
+                path=str(path),
+                line=line_no,
+                field="id",
+            )
+        first_line[product.id] = line_no
+        products.append(product)
     if not products:
         raise DataError("the catalogue is empty", path=str(path))
     return products

@@ -7,7 +7,7 @@ Format (UTF-8 JSONL, one object per line; blank lines are skipped)::
 
 - ``query``: the query text as typed (non-empty string).
 - ``product_id``: the product shown (string; an integer is accepted and turned into a string).
-- ``position``: the 1-based rank at which the product was shown (positive integer).
+- ``position``: the 1-based rank at which the product was shown (positive integer below 2**63).
 - ``clicked``: ``0``/``1`` or ``false``/``true``.
 - optional ``purchased`` (same type as ``clicked``, default false; a purchase implies a click),
   ``session_id`` and ``user_id`` (string or integer), ``timestamp`` (string, e.g. ISO 8601, or a
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from shopsearch.errors import DataError
 logger = logging.getLogger(__name__)
 
 _REQUIRED = ("query", "product_id", "position", "clicked")
+_TEXT_FIELDS = ("query", "product_id", "session_id", "user_id", "timestamp")
+# A JSON escape such as "\ud800" decodes to a lone surrogate, which no UTF-8 file can store.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,12 @@ def _parse_record(obj: Any, where: dict[str, Any]) -> Impression:
         raise DataError("empty product id", field="product_id", **where)
 
     position = obj["position"]
-    if isinstance(position, bool) or not isinstance(position, int) or position < 1:
+    # Positions become numpy int64 (propensities), hence the upper bound.
+    if isinstance(position, bool) or not isinstance(position, int) or not 1 <= position < 2**63:
         raise DataError(
-            f"must be a positive integer (1 = top), got {position!r}", field="position", **where
+            f"must be a positive integer (1 = top) below 2**63, got {position!r}",
+            field="position",
+            **where,
         )
 
     clicked = _flag(obj["clicked"], "clicked", where)
@@ -122,7 +129,7 @@ def _parse_record(obj: Any, where: dict[str, Any]) -> Impression:
             )
         timestamp = str(timestamp)
 
-    return Impression(
+    impression = Impression(
         query=query,
         product_id=product_id,
         position=position,
@@ -132,6 +139,15 @@ def _parse_record(obj: Any, where: dict[str, Any]) -> Impression:
         user_id=_optional_id(obj.get("user_id"), "user_id", where),
         timestamp=timestamp,
     )
+    for name in _TEXT_FIELDS:
+        bad = _SURROGATE.search(getattr(impression, name) or "")
+        if bad:
+            raise DataError(
+                f"{bad.group()!r} is half of a UTF-16 pair (a broken \\u escape), not text",
+                field=name,
+                **where,
+            )
+    return impression
 
 
 def read_click_log(path: str | os.PathLike[str]) -> list[Impression]:
@@ -166,6 +182,10 @@ def read_click_log(path: str | os.PathLike[str]) -> list[Impression]:
                 raise DataError(
                     f"malformed JSON ({exc.msg}, column {exc.colno})", **where
                 ) from None
+            except (ValueError, RecursionError) as exc:
+                # json.loads raises these for an integer of over 4300 digits and deep nesting.
+                what = "nested too deep" if isinstance(exc, RecursionError) else "number too long"
+                raise DataError(f"malformed JSON ({what})", **where) from None
             impressions.append(_parse_record(obj, where))
 
     if not impressions:
