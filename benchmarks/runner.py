@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shopsearch.errors import DataError
 from shopsearch.retrieval.base import Retriever
 
 logger = logging.getLogger(__name__)
@@ -306,7 +307,7 @@ def run_benchmark(
     if baseline not in stages:
         raise ValueError(f"baseline {baseline!r} is not one of the stages {list(stages)}")
     if not queries:
-        raise ValueError("no queries to run")
+        raise DataError("no queries to run: the queries file lists none")
     measure_names = [measure_name(m) for m in (measures or DEFAULT_MEASURES)]
     too_deep = [
         n
@@ -329,7 +330,10 @@ def run_benchmark(
         )
     eval_qrels = evaluable_qrels(asked)
     if not eval_qrels:
-        raise ValueError("none of the queries has a relevant judged product; nothing to evaluate")
+        raise DataError(
+            "none of the queries has a relevant judged product (grade >= 1) in the qrels; "
+            "nothing to evaluate"
+        )
     n_without_qrels = sum(1 for q in queries if q not in qrels)
     n_without_relevant = len(asked) - len(eval_qrels)
     if n_without_qrels or n_without_relevant:
