@@ -116,6 +116,13 @@ def _one_thread() -> None:
     help="Seconds between checks of the index manifest for a new version (0: off; "
     "POST /admin/reload and SIGHUP still reload).",
 )
+@click.option(
+    "--quality-window",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Settled requests the online CTR / MRR / ECE gauges are computed over.",
+)
 @click.option("--log-level", default="warning", show_default=True)
 def serve_cmd(
     index_dir: Path,
@@ -130,6 +137,7 @@ def serve_cmd(
     queue: int,
     queue_timeout: float,
     watch_interval: float,
+    quality_window: int,
     log_level: str,
 ) -> None:
     """Serve the index over HTTP: a search page at /, the search API, click capture,
@@ -166,6 +174,7 @@ def serve_cmd(
         queue=queue,
         queue_timeout_s=queue_timeout,
         watch_interval_s=watch_interval,
+        quality_window=quality_window,
     )
     click.echo(
         f"serving {index_dir} on http://{host}:{port}/ ({workers} worker(s)); "

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from shopsearch.benchmarks.tuning import BlendTuningResult
     from shopsearch.engine import SearchEngine
     from shopsearch.retrieval.types import Product
@@ -60,10 +62,13 @@ def train_install_and_tune(
     out_dir: Path,
     *,
     epochs: int = 1,
+    propensities: np.ndarray | None = None,
+    seed: int = 0,
 ) -> DemoReranker:
-    """Fine-tune a click-probability reranker on the log (EM propensities, IPW), calibrate
-    it, install it into the index, then tune how much its click logit decides the order on
-    the training queries it did not train on, and store that blend with it."""
+    """Fine-tune a click-probability reranker on the log (IPW with ``propensities``, or ones
+    estimated by EM when None), calibrate it, install it into the index, then tune how much
+    its click logit decides the order on the training queries it did not train on, and store
+    that blend with it."""
     from shopsearch.benchmarks.tuning import held_out_query_ids, store_blend, tune_engine_blend
     from shopsearch.engine import SearchEngine
     from shopsearch.index.store import install_reranker
@@ -79,8 +84,15 @@ def train_install_and_tune(
         out_dir,
         negatives_per_query=3,
         config=RerankerTrainingConfig(
-            epochs=epochs, batch_size=16, learning_rate=1e-4, max_length=32, freeze_embeddings=True
+            epochs=epochs,
+            batch_size=16,
+            learning_rate=1e-4,
+            max_length=32,
+            freeze_embeddings=True,
+            seed=seed,
         ),
+        propensities=propensities,
+        seed=seed,
     )
     install_reranker(Path(index_dir), out_dir)
     engine = SearchEngine.open(index_dir)
