@@ -353,6 +353,7 @@ def _register_subcommands() -> None:
         "shopsearch.cli.bench",
         "shopsearch.cli.demo",
         "shopsearch.cli.serve",
+        "shopsearch.cli.catalog",
     ):
         try:
             __import__(module)

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from shopsearch.errors import IndexLoadError
+from shopsearch.index.manifest import Manifest
 from shopsearch.index.store import SearchIndex
 from shopsearch.retrieval.base import Encoder
 
 
+@dataclass(frozen=True)
+class IndexHead:
+    """An index's folder and manifest: all that choosing its encoder needs (an update loads
+    the encoder without loading the index)."""
+
+    path: Path
+    manifest: Manifest
+
+
 def load_index_encoder(
-    index: SearchIndex,
+    index: SearchIndex | IndexHead,
     identity: Callable[[str], dict[str, Any]] | None = None,
     loader: Callable[..., Encoder] | None = None,
 ) -> Encoder:

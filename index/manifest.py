@@ -1,6 +1,9 @@
 """The index manifest: what an index folder holds and how it was made.
 
 Loading compares it with the running code and refuses anything it cannot serve correctly.
+The manifest is the one file a writer replaces: publishing a generation of the index is the
+atomic rename of a new manifest onto ``manifest.json`` (index/generations.py), so a reader that
+has read it knows every file of one consistent generation (index/segments.py lists them).
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ from shopsearch.errors import IndexLoadError
 from shopsearch.retrieval.hybrid import DEFAULT_DEPTH
 
 FORMAT_NAME = "shopsearch-index"
-FORMAT_VERSION = 1
+# 1: one catalogue baked into BM25 contributions; 2: segments of raw term frequencies plus
+# deletion masks, published as generations.
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 
 
 @dataclass
 class Manifest:
+    """``products``: live products; ``catalog_sha256``: ``segments.catalog_digest`` of them.
+    ``segments``: one record per segment (``name``, ``generation`` it was written in,
+    ``rows``, ``deleted`` rows, ``deletes``: the path of its deletion mask or None, ``faiss``:
+    whether it has its own FAISS file, ``first_id``/``last_id``, ``vocabulary``); ``files``:
+    ``{path relative to the index: {"bytes", "sha256"}}`` for every file of every segment and
+    mask. ``checksum`` is the sha256 of the manifest's own JSON with an empty checksum."""
+
     products: int
     catalog_sha256: str
     analyzer: dict[str, Any]
@@ -35,15 +47,23 @@ class Manifest:
     # Candidates each first-stage retriever hands to fusion, whatever k is asked for.
     candidate_depth: int = DEFAULT_DEPTH
     created: str = ""
+    generation: int = 1
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    updated: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     package_version: str = __version__
+    checksum: str = ""
+
+    def _digest(self) -> str:
+        body = {**asdict(self), "checksum": ""}
+        return hashlib.sha256(json.dumps(body, ensure_ascii=False, indent=2).encode()).hexdigest()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
-
-    def write(self, folder: Path) -> None:
-        (folder / MANIFEST_FILE).write_text(self.to_json() + "\n", encoding="utf-8")
+        """The manifest as written, with its checksum filled in."""
+        return json.dumps(
+            {**asdict(self), "checksum": self._digest()}, ensure_ascii=False, indent=2
+        )
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
@@ -58,13 +78,26 @@ class Manifest:
                 f"{folder} is not a shopsearch index (no {MANIFEST_FILE}); "
                 f"build one with `search-cli build-index --index {folder}`"
             )
+        return cls.from_json(path.read_bytes(), folder)
+
+    @classmethod
+    def from_json(cls, raw: bytes, folder: Path) -> Manifest:
+        path = folder / MANIFEST_FILE
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IndexLoadError(f"{path} is damaged ({exc}); rebuild the index") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise IndexLoadError(f"{folder} holds a manifest that is not a shopsearch index's")
         version = data.get("format_version")
+        if version == 1:
+            raise IndexLoadError(
+                f"{folder} is an index of format version 1 (from an earlier shopsearch), whose "
+                f"BM25 scores are baked for one fixed catalogue; this shopsearch {__version__} "
+                f"reads version {FORMAT_VERSION} (segments that can be updated in place). "
+                f"Rebuild it once with `search-cli build-index --index {folder}` (with the "
+                f"--catalog and --model it was built with)"
+            )
         if version != FORMAT_VERSION:
             raise IndexLoadError(
                 f"{folder} has index format version {version}, this shopsearch {__version__} "
@@ -72,9 +105,26 @@ class Manifest:
             )
         known = set(cls.__dataclass_fields__)
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            manifest = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as exc:
             raise IndexLoadError(f"{path} is incomplete ({exc}); rebuild the index") from None
+        if manifest.checksum != manifest._digest():
+            raise IndexLoadError(
+                f"{path} is damaged (it does not match its checksum); rebuild the index"
+            )
+        if not isinstance(manifest.generation, int) or not isinstance(manifest.segments, list):
+            raise IndexLoadError(f"{path} is damaged (no generation or segments); rebuild it")
+        return manifest
+
+
+def read_raw_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest's JSON as a dict whatever its version, or None when it is missing or not
+    JSON: what a rebuild needs from an index it replaces (its generation, its files)."""
+    try:
+        data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -86,15 +136,15 @@ def file_record(path: Path) -> dict[str, Any]:
 
 
 def check_files(folder: Path, manifest: Manifest, *, verify_hashes: bool = False) -> None:
-    """Every file the manifest lists exists with the recorded size (and hash, if asked)."""
+    """Every file the manifest lists exists with the recorded size (and hash, if asked).
+    A missing file raises ``FileNotFoundError`` (it may have been collected by a writer since
+    the manifest was read; the caller decides), a wrong one ``IndexLoadError``."""
     for name, record in manifest.files.items():
         path = folder / name
-        if not path.is_file():
-            raise IndexLoadError(f"index {folder} is damaged: {name} is missing; rebuild it")
-        if path.stat().st_size != record["bytes"]:
+        size = path.stat().st_size
+        if size != record["bytes"]:
             raise IndexLoadError(
-                f"index {folder} is damaged: {name} has "
-                f"{path.stat().st_size} bytes, the manifest says "
+                f"index {folder} is damaged: {name} has {size} bytes, the manifest says "
                 f"{record['bytes']}; rebuild it"
             )
         if verify_hashes and file_record(path)["sha256"] != record["sha256"]:

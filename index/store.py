@@ -1,24 +1,22 @@
-"""Building an index folder atomically and loading one safely.
+"""Building an index folder, loading one safely, and changing its settings.
 
-Layout of an index folder (plain formats, no pickle):
-
-    manifest.json               what is here and how it was made (see index/manifest.py)
-    products.jsonl              the catalogue, sorted by id; row i is FAISS id i / BM25 doc i
-    bm25_vocabulary.json        term -> row of the BM25 matrix
-    bm25_indptr.npy, bm25_doc_indices.npy, bm25_contributions.npy   CSR term x document matrix
-    dense.faiss                 FAISS index (inner product on normalised vectors), if dense
-    reranker/                   optional fine-tuned cross-encoder (+ calibration.json)
+The layout on disk (segments, deletion masks, generations) is described in index/segments.py.
+A build writes one segment holding the whole catalogue: into a temporary sibling folder that is
+renamed into place when the index is new, or, over an existing index, as a new generation of
+it (under the writer lock), so that readers of the old generation keep working and a crash at
+any moment leaves either the old or the new index (index/generations.py). Loading reads one
+generation and materialises the catalogue exactly as a fresh build of its live products would:
+rows in id order, BM25 statistics over all of them, one exact FAISS index or one per segment.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,12 +25,39 @@ import numpy as np
 
 from shopsearch.errors import IndexLoadError, SearchError
 from shopsearch.files import replace_folder
-from shopsearch.index.catalog import catalog_hash, read_products, record_to_product, write_products
-from shopsearch.index.manifest import MANIFEST_FILE, Manifest, check_files, file_record
+from shopsearch.index.catalog import record_to_product
+from shopsearch.index.generations import (
+    DELETES_DIR,
+    RERANKER_DIR,
+    SEGMENTS_DIR,
+    fsync_dir,
+    publish,
+)
+from shopsearch.index.lock import writer_lock
+from shopsearch.index.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    check_files,
+    read_raw_manifest,
+)
+from shopsearch.index.segments import (
+    SegmentContent,
+    SegmentReader,
+    VerifiedReader,
+    catalog_digest,
+    product_line,
+    write_segment,
+)
 from shopsearch.retrieval.analysis import Analyzer
 from shopsearch.retrieval.base import Encoder
-from shopsearch.retrieval.bm25 import BM25Index, BM25Params
-from shopsearch.retrieval.dense import build_faiss_index, choose_factory
+from shopsearch.retrieval.bm25 import BM25Index, BM25Params, TermFrequencies
+from shopsearch.retrieval.dense import (
+    EXACT_FACTORY,
+    SegmentedDenseIndex,
+    build_faiss_index,
+    choose_factory,
+    is_exact_factory,
+)
 from shopsearch.retrieval.filters import FilterIndex
 from shopsearch.retrieval.fusion import FusionConfig
 from shopsearch.retrieval.hybrid import DEFAULT_DEPTH
@@ -40,10 +65,9 @@ from shopsearch.retrieval.types import Product
 
 logger = logging.getLogger(__name__)
 
-PRODUCTS_FILE = "products.jsonl"
-FAISS_FILE = "dense.faiss"
-RERANKER_DIR = "reranker"
-_BM25_ARRAYS = ("indptr", "doc_indices", "contributions")
+# A reader retries with a fresh manifest when a file vanished under it (collected by a writer
+# two generations on); each retry means another generation was published meanwhile.
+LOAD_ATTEMPTS = 5
 
 
 @dataclass
@@ -55,6 +79,7 @@ class BuildSummary:
     encode_seconds: float = 0.0
     texts_per_second: float = 0.0
     factory: str | None = None
+    generation: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,11 +90,48 @@ class BuildSummary:
             "encode_seconds": round(self.encode_seconds, 2),
             "texts_per_second": round(self.texts_per_second, 1),
             "faiss_factory": self.factory,
+            "generation": self.generation,
         }
 
 
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def index_size(path: Path, manifest: Manifest) -> int:
+    """Bytes of what the current generation uses: its files and its reranker."""
+    reranker = path / RERANKER_DIR
+    extra = folder_size(reranker) if manifest.reranker and reranker.is_dir() else 0
+    return sum(int(r["bytes"]) for r in manifest.files.values()) + extra
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def encoder_record(encoder: Encoder) -> dict[str, Any]:
+    describe = getattr(encoder, "describe", None)
+    return describe() if describe else {"name": encoder.name, "dim": encoder.dim}
+
+
+def encode(
+    encoder: Encoder,
+    texts: Sequence[str],
+    dim: int,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Document vectors, shape ``(len(texts), dim)`` float32, checked against ``dim``."""
+    vectors = np.asarray(
+        encoder.encode_documents(list(texts), batch_size=batch_size, show_progress=show_progress),
+        dtype=np.float32,
+    )
+    if vectors.shape != (len(texts), dim):
+        raise SearchError(
+            f"encoder {encoder.name} returned vectors of shape {vectors.shape} for "
+            f"{len(texts)} texts; the index holds {dim}-d vectors"
+        )
+    return vectors
 
 
 def build_index(
@@ -91,95 +153,191 @@ def build_index(
 ) -> BuildSummary:
     """Build a complete index of ``products`` into ``target`` (replacing an index there).
 
-    Everything is written into a temporary sibling folder first and renamed into place.
-    ``copy_reranker_from`` stores a fine-tuned reranker folder in the index; a rebuild passes
-    the old manifest's ``reranker_record`` with it, so that what was tuned for that reranker
-    (its blend) survives.
+    A new index is written into a temporary sibling folder and renamed into place; over an
+    existing index (of any format version) the build is published as its next generation,
+    holding the writer lock, so the old index serves until the new one is complete and
+    survives a failed or killed build. ``copy_reranker_from`` stores a fine-tuned reranker
+    folder in the index; a rebuild passes the old manifest's ``reranker_record`` with it, so
+    that what was tuned for that reranker (its blend) survives.
     """
     if not products:
         raise SearchError("cannot build an index of an empty catalogue")
     target = Path(target).resolve()
     if target.exists() and not target.is_dir():
         raise SearchError(f"{target} exists and is not a folder")
-    if target.exists() and not (target / MANIFEST_FILE).is_file() and any(target.iterdir()):
+    existing = target.is_dir() and (target / MANIFEST_FILE).is_file()
+    if target.exists() and not existing and any(target.iterdir()):
         raise SearchError(
             f"{target} exists and is not a shopsearch index; refusing to "
             f"overwrite it (choose another --index folder)"
         )
-    analyzer = analyzer or Analyzer()
-    notify = on_stage or (lambda _msg: None)
-    started = time.perf_counter()
     products = sorted(products, key=lambda p: p.id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write_products(products, tmp / PRODUCTS_FILE)
-        texts = [p.text() for p in products]
-
-        notify("BM25: analysing text")
-        bm25 = BM25Index.build(analyzer.tokenize_many(texts), bm25_params)
-        (tmp / "bm25_vocabulary.json").write_text(
-            json.dumps(bm25.vocabulary, ensure_ascii=False), encoding="utf-8"
-        )
-        for name, array in bm25.to_arrays().items():
-            np.save(tmp / f"bm25_{name}.npy", array, allow_pickle=False)
-
-        encoder_info = faiss_info = None
-        encode_seconds = 0.0
-        if encoder is not None:
-            import faiss
-
-            notify(f"dense: encoding {len(texts)} products with {encoder.name}")
-            t0 = time.perf_counter()
-            vectors = encoder.encode_documents(
-                texts, batch_size=batch_size, show_progress=show_progress
-            )
-            encode_seconds = time.perf_counter() - t0
-            factory = factory or choose_factory(len(products))
-            notify(f"dense: building FAISS index {factory!r}")
-            faiss.write_index(build_faiss_index(vectors, factory), str(tmp / FAISS_FILE))
-            describe = getattr(encoder, "describe", None)
-            encoder_info = describe() if describe else {"name": encoder.name, "dim": encoder.dim}
-            faiss_info = {"factory": factory, "metric": "inner_product", "ntotal": len(vectors)}
-
-        reranker_info = None
-        if copy_reranker_from is not None and (copy_reranker_from / "config.json").exists():
-            shutil.copytree(copy_reranker_from, tmp / RERANKER_DIR)
-            reranker_info = {**_reranker_info(tmp / RERANKER_DIR), **(reranker_record or {})}
-
-        files = {p.name: file_record(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = Manifest(
-            products=len(products),
-            catalog_sha256=catalog_hash(products),
-            analyzer=analyzer.config(),
-            bm25={**bm25.params_dict(), "vocabulary_size": len(bm25.vocabulary)},
-            encoder=encoder_info,
-            faiss=faiss_info,
-            fusion=fusion.to_dict(),
-            files=files,
-            reranker=reranker_info,
-            catalog_source=source,
-            candidate_depth=candidate_depth,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        manifest.write(tmp)
-        replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for a, b in zip(products, products[1:]):
+        if a.id == b.id:
+            raise SearchError(f"the catalogue has product id {a.id!r} twice")
+    build = _Build(
+        products,
+        encoder=encoder,
+        analyzer=analyzer or Analyzer(),
+        bm25_params=bm25_params,
+        factory=factory,
+        fusion=fusion,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        source=source,
+        candidate_depth=candidate_depth,
+        notify=on_stage or (lambda _msg: None),
+    )
+    if existing:
+        with writer_lock(target, "build-index"):
+            manifest = build.publish_over(target, copy_reranker_from, reranker_record)
+    else:
+        manifest = build.publish_new(target, copy_reranker_from, reranker_record)
     n = len(products)
     return BuildSummary(
         path=target,
         products=n,
-        seconds=time.perf_counter() - started,
-        bytes_on_disk=folder_size(target),
-        encode_seconds=encode_seconds,
-        texts_per_second=n / encode_seconds if encode_seconds else 0.0,
-        factory=str(faiss_info["factory"]) if faiss_info else None,
+        seconds=time.perf_counter() - build.started,
+        bytes_on_disk=index_size(target, manifest),
+        encode_seconds=build.encode_seconds,
+        texts_per_second=n / build.encode_seconds if build.encode_seconds else 0.0,
+        factory=str(manifest.faiss["factory"]) if manifest.faiss else None,
+        generation=manifest.generation,
     )
 
 
+class _Build:
+    """One build: its inputs, and writing its segment into a fresh or an existing folder."""
+
+    def __init__(
+        self,
+        products: list[Product],
+        *,
+        encoder: Encoder | None,
+        analyzer: Analyzer,
+        bm25_params: BM25Params,
+        factory: str | None,
+        fusion: FusionConfig,
+        batch_size: int,
+        show_progress: bool,
+        source: str,
+        candidate_depth: int,
+        notify: Callable[[str], None],
+    ) -> None:
+        self.products = products
+        self.encoder = encoder
+        self.analyzer = analyzer
+        self.bm25_params = bm25_params
+        self.factory = factory
+        self.fusion = fusion
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.source = source
+        self.candidate_depth = candidate_depth
+        self.notify = notify
+        self.started = time.perf_counter()
+        self.encode_seconds = 0.0
+
+    def write(self, folder: Path, generation: int) -> Manifest:
+        """Write the segment into ``folder`` and return the manifest of the generation
+        (without its reranker, not yet published)."""
+        products = self.products
+        texts = [p.text() for p in products]
+        self.notify("BM25: analysing text")
+        freqs = TermFrequencies.from_tokens(self.analyzer.tokenize_many(texts))
+        vectors = encoder_info = faiss_info = None
+        factory: str | None = None
+        exact = True
+        if self.encoder is not None:
+            factory = self.factory or choose_factory(len(products))
+            exact = is_exact_factory(factory, self.encoder.dim)  # a bad factory fails here
+            self.notify(f"dense: encoding {len(texts)} products with {self.encoder.name}")
+            t0 = time.perf_counter()
+            vectors = encode(
+                self.encoder, texts, self.encoder.dim, self.batch_size, self.show_progress
+            )
+            self.encode_seconds = time.perf_counter() - t0
+            if not exact:
+                self.notify(f"dense: building FAISS index {factory!r}")
+            encoder_info = encoder_record(self.encoder)
+            faiss_info = {"factory": factory, "metric": "inner_product", "ntotal": len(products)}
+        content = SegmentContent(
+            [p.id for p in products], [product_line(p) for p in products], freqs, vectors
+        )
+        record, files = write_segment(folder, generation, content, factory, exact)
+        (folder / DELETES_DIR).mkdir(exist_ok=True)
+        stamp = now()
+        return Manifest(
+            products=len(products),
+            catalog_sha256=catalog_digest(products),
+            analyzer=self.analyzer.config(),
+            bm25=asdict(self.bm25_params),
+            encoder=encoder_info,
+            faiss=faiss_info,
+            fusion=self.fusion.to_dict(),
+            files=files,
+            catalog_source=self.source,
+            candidate_depth=self.candidate_depth,
+            created=stamp,
+            generation=generation,
+            segments=[record],
+            updated=stamp,
+        )
+
+    def publish_new(
+        self, target: Path, reranker: Path | None, reranker_record: Mapping[str, Any] | None
+    ) -> Manifest:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            manifest = self.write(tmp, generation=1)
+            if reranker is not None and (reranker / "config.json").exists():
+                shutil.copytree(reranker, tmp / RERANKER_DIR)
+                manifest.reranker = {
+                    **_reranker_info(tmp / RERANKER_DIR),
+                    **(reranker_record or {}),
+                }
+            publish(tmp, manifest, None)
+            try:
+                # Onto a missing or empty folder: atomic. If another build created the index
+                # meanwhile, this fails and that index stays as it was.
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise SearchError(
+                    f"{target} was created by another process during this build ({exc}); "
+                    f"run the build again"
+                ) from None
+            fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest
+
+    def publish_over(
+        self, target: Path, reranker: Path | None, reranker_record: Mapping[str, Any] | None
+    ) -> Manifest:
+        previous = read_raw_manifest(target)
+        old_generation = (previous or {}).get("generation")
+        generation = (old_generation if isinstance(old_generation, int) else 0) + 1
+        manifest = self.write(target, generation)
+        try:
+            if reranker is not None and (reranker / "config.json").exists():
+                here = target / RERANKER_DIR
+                if not (here.is_dir() and here.resolve() == Path(reranker).resolve()):
+                    staged = Path(tempfile.mkdtemp(prefix=".reranker.tmp-", dir=target))
+                    shutil.rmtree(staged)
+                    shutil.copytree(reranker, staged)
+                    replace_folder(staged, here)
+                manifest.reranker = {**_reranker_info(here), **(reranker_record or {})}
+        except BaseException:
+            shutil.rmtree(target / SEGMENTS_DIR / manifest.segments[0]["name"], ignore_errors=True)
+            raise
+        return publish(target, manifest, previous)
+
+
 def _reranker_info(folder: Path) -> dict[str, Any]:
+    import json
+
     info: dict[str, Any] = {"path": RERANKER_DIR}
     training = folder / "training.json"
     if training.is_file():
@@ -190,24 +348,35 @@ def _reranker_info(folder: Path) -> dict[str, Any]:
     return info
 
 
+_STRUCTURAL = frozenset({"files", "segments", "generation", "format", "format_version", "checksum"})
+
+
 def update_manifest(folder: Path, **changes: Any) -> Manifest:
-    """Rewrite some manifest fields (e.g. a tuned fusion setting) atomically."""
-    manifest = Manifest.read(folder)
-    for key, value in changes.items():
-        setattr(manifest, key, value)
-    tmp = folder / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(manifest.to_json() + "\n", encoding="utf-8")
-    os.replace(tmp, folder / MANIFEST_FILE)
-    return manifest
+    """Change some manifest settings (e.g. a tuned fusion setting), published as the index's
+    next generation under the writer lock. What the index holds (segments, files) is not a
+    setting: ``search-cli update`` and ``compact`` change that."""
+    with writer_lock(folder, "update-manifest"):
+        return _update_manifest_locked(Path(folder), changes)
+
+
+def _update_manifest_locked(folder: Path, changes: Mapping[str, Any]) -> Manifest:
+    structural = _STRUCTURAL & set(changes)
+    if structural:
+        raise ValueError(f"update_manifest cannot change {sorted(structural)}")
+    previous = Manifest.read(folder)
+    manifest = replace(
+        previous, **{**changes, "generation": previous.generation + 1, "updated": now()}
+    )
+    return publish(folder, manifest, previous)
 
 
 def check_catalog(index_dir: Path, records: Sequence[Mapping[str, Any]], source: str) -> None:
-    """Refuse judgements or logs whose catalogue is not the one an index was built from: their
+    """Refuse judgements or logs whose catalogue is not the one an index holds: their
     product ids would point at other products (or none), and every metric would be wrong
     without an error. ``records`` are catalogue records, as a data set loader returns them."""
     manifest = Manifest.read(Path(index_dir))
     products = [record_to_product(dict(r), source, i) for i, r in enumerate(records, start=1)]
-    if catalog_hash(products) != manifest.catalog_sha256:
+    if catalog_digest(products) != manifest.catalog_sha256:
         raise SearchError(
             f"index {index_dir} was built from another catalogue than {source} "
             f"({manifest.products} products indexed, {len(products)} in the data set; the "
@@ -217,18 +386,25 @@ def check_catalog(index_dir: Path, records: Sequence[Mapping[str, Any]], source:
 
 
 def install_reranker(index_dir: Path, model_dir: Path) -> Manifest:
-    """Copy a fine-tuned reranker folder into an index, replacing any previous one atomically."""
+    """Copy a fine-tuned reranker folder into an index, replacing any previous one, and
+    publish the manifest that records it (under the writer lock)."""
+    index_dir = Path(index_dir)
     Manifest.read(index_dir)
-    staged = Path(tempfile.mkdtemp(prefix=".reranker.tmp-", dir=index_dir))
-    shutil.rmtree(staged)
-    shutil.copytree(model_dir, staged)
-    replace_folder(staged, index_dir / RERANKER_DIR)
-    return update_manifest(index_dir, reranker=_reranker_info(index_dir / RERANKER_DIR))
+    with writer_lock(index_dir, "install-reranker"):
+        staged = Path(tempfile.mkdtemp(prefix=".reranker.tmp-", dir=index_dir))
+        shutil.rmtree(staged)
+        shutil.copytree(model_dir, staged)
+        replace_folder(staged, index_dir / RERANKER_DIR)
+        return _update_manifest_locked(
+            index_dir, {"reranker": _reranker_info(index_dir / RERANKER_DIR)}
+        )
 
 
 @dataclass
 class SearchIndex:
-    """An index loaded from disk. The FAISS index is loaded on first use."""
+    """One generation of an index, loaded from disk: the live catalogue in id order (row i is
+    BM25 document i and dense row i) exactly as a fresh build of it. The dense part is built
+    on first use from what was read (and verified) at load."""
 
     path: Path
     manifest: Manifest
@@ -237,6 +413,11 @@ class SearchIndex:
     analyzer: Analyzer
     _faiss: Any = field(default=None, repr=False)
     _filters: FilterIndex | None = field(default=None, repr=False)
+    _make_faiss: Callable[[], Any] | None = field(default=None, repr=False)
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
 
     @property
     def filters(self) -> FilterIndex:
@@ -251,25 +432,16 @@ class SearchIndex:
 
     @property
     def faiss_index(self) -> Any:
+        """A FAISS index over the catalogue rows, or a ``SegmentedDenseIndex`` (same search
+        interface through ``retrieval.dense.search_index``) for an approximate index whose
+        segments are not merged yet."""
         if self._faiss is None:
-            if not self.has_dense:
+            if not self.has_dense or self._make_faiss is None:
                 raise IndexLoadError(
                     f"index {self.path} has no dense part; rebuild it with --model"
                 )
-            import faiss
-
-            try:
-                self._faiss = faiss.read_index(str(self.path / FAISS_FILE))
-            except RuntimeError as exc:
-                raise IndexLoadError(
-                    f"index {self.path}: cannot read {FAISS_FILE} ({exc}); rebuild it"
-                ) from None
-            if self._faiss.ntotal != self.manifest.products:
-                raise IndexLoadError(
-                    f"index {self.path} is damaged: FAISS holds "
-                    f"{self._faiss.ntotal} vectors for "
-                    f"{self.manifest.products} products; rebuild it"
-                )
+            self._faiss = self._make_faiss()
+            self._make_faiss = None
         return self._faiss
 
     @property
@@ -278,11 +450,71 @@ class SearchIndex:
         return path if self.manifest.reranker and path.is_dir() else None
 
 
-def load_index(folder: str | Path, *, verify_hashes: bool = False) -> SearchIndex:
-    """Load an index, refusing a missing, foreign, damaged or incompatible one."""
+def load_index(folder: str | Path, *, verify_hashes: bool = True) -> SearchIndex:
+    """Load the current generation of an index, refusing a missing, foreign, damaged or
+    incompatible one. Every file read is checked against the manifest (its size, and its
+    sha256 unless ``verify_hashes`` is False), so damage is an ``IndexLoadError`` naming the
+    file, never a wrong answer. The manifest is read once, which pins the generation; if a
+    writer collected one of its files meanwhile, the load starts again with the new one."""
     folder = Path(folder)
-    manifest = Manifest.read(folder)
-    check_files(folder, manifest, verify_hashes=verify_hashes)
+    for _attempt in range(LOAD_ATTEMPTS):
+        manifest = Manifest.read(folder)
+        try:
+            return _load_generation(folder, manifest, verify_hashes)
+        except FileNotFoundError as exc:
+            now_at = (read_raw_manifest(folder) or {}).get("generation")
+            if now_at == manifest.generation:
+                missing = Path(exc.filename or "?")
+                name = missing.relative_to(folder) if missing.is_relative_to(folder) else missing
+                raise IndexLoadError(
+                    f"index {folder} is damaged: {name} is missing; rebuild it"
+                ) from None
+            logger.info(
+                "generation %d of %s was replaced while loading", manifest.generation, folder
+            )
+    raise IndexLoadError(
+        f"index {folder} changed {LOAD_ATTEMPTS} times while it was being opened; try again"
+    )
+
+
+@dataclass
+class _Rows:
+    """Where the live rows of each segment go in the catalogue: ``new_rows[s][local]`` is the
+    catalogue row of segment ``s``'s local row (-1: deleted), catalogue rows in id order."""
+
+    readers: list[SegmentReader]
+    ids: list[list[str]]
+    new_rows: list[np.ndarray]
+    order: list[tuple[int, int]]  # catalogue row -> (segment, local row)
+
+
+def live_rows(folder: Path, manifest: Manifest, reader: VerifiedReader) -> _Rows:
+    readers = [SegmentReader(reader, record) for record in manifest.segments]
+    ids = [r.ids() for r in readers]
+    entries: list[tuple[str, int, int]] = []
+    for s, (seg, seg_ids) in enumerate(zip(readers, ids)):
+        deleted = seg.deleted()
+        entries += [(seg_ids[i], s, i) for i in np.flatnonzero(~deleted).tolist()]
+    entries.sort(key=lambda e: e[0])
+    for a, b in zip(entries, entries[1:]):
+        if a[0] == b[0]:
+            raise reader.damaged(
+                f"segments {readers[a[1]].name} and {readers[b[1]].name}",
+                f"both hold product {a[0]!r} as live",
+            )
+    if len(entries) != manifest.products:
+        raise reader.damaged(
+            MANIFEST_FILE, f"says {manifest.products} products, the segments hold {len(entries)}"
+        )
+    new_rows = [np.full(r.rows, -1, dtype=np.int64) for r in readers]
+    for row, (_, s, local) in enumerate(entries):
+        new_rows[s][local] = row
+    return _Rows(readers, ids, new_rows, [(s, local) for _, s, local in entries])
+
+
+def index_analyzer(folder: Path, manifest: Manifest) -> Analyzer:
+    """The analyser an index was built with, refusing one this version does not implement
+    (its terms would not match the stored ones)."""
     current = Analyzer().config()
     if {k: manifest.analyzer.get(k) for k in ("name", "version")} != {
         k: current[k] for k in ("name", "version")
@@ -291,31 +523,64 @@ def load_index(folder: str | Path, *, verify_hashes: bool = False) -> SearchInde
             f"index {folder} was analysed with {manifest.analyzer}, this "
             f"version uses {current}; rebuild it"
         )
-    try:
-        products = read_products(folder / PRODUCTS_FILE)
-        vocabulary = json.loads((folder / "bm25_vocabulary.json").read_text(encoding="utf-8"))
-        arrays = {
-            name: np.load(folder / f"bm25_{name}.npy", allow_pickle=False) for name in _BM25_ARRAYS
-        }
-    except (ValueError, OSError) as exc:
-        raise IndexLoadError(f"index {folder} is damaged ({exc}); rebuild it") from None
-    if len(products) != manifest.products:
-        raise IndexLoadError(
-            f"index {folder} is damaged: {len(products)} products stored, "
-            f"manifest says {manifest.products}; rebuild it"
-        )
-    params = BM25Params(**{k: manifest.bm25[k] for k in ("k1", "b", "epsilon")})
-    bm25 = BM25Index(
-        vocabulary,
-        arrays["indptr"],
-        arrays["doc_indices"],
-        arrays["contributions"],
-        len(products),
-        params,
-    )
-    analyzer = Analyzer(
+    return Analyzer(
         stem=manifest.analyzer.get("stem", True), stopwords=manifest.analyzer.get("stopwords", True)
     )
-    return SearchIndex(
-        path=folder, manifest=manifest, products=products, bm25=bm25, analyzer=analyzer
+
+
+def live_vectors(rows: _Rows, dim: int) -> np.ndarray:
+    """The live vectors of every segment in catalogue order, shape ``(n, dim)`` float32."""
+    vectors = np.zeros((len(rows.order), dim), dtype=np.float32)
+    for seg, new in zip(rows.readers, rows.new_rows):
+        live = new >= 0
+        if live.any():
+            vectors[new[live]] = seg.vectors(dim)[live]
+    return vectors
+
+
+def _load_generation(folder: Path, manifest: Manifest, verify: bool) -> SearchIndex:
+    analyzer = index_analyzer(folder, manifest)
+    if manifest.faiss is not None and not (manifest.encoder or {}).get("dim"):
+        raise IndexLoadError(f"index {folder} is damaged: its manifest has no encoder dim")
+    check_files(folder, manifest)
+    reader = VerifiedReader(folder, manifest, verify=verify)
+    rows = live_rows(folder, manifest, reader)
+    n = len(rows.order)
+    per_segment = [seg.products(ids) for seg, ids in zip(rows.readers, rows.ids)]
+    products = [per_segment[s][local] for s, local in rows.order]
+    freqs = TermFrequencies.merge(
+        [(seg.frequencies(), new) for seg, new in zip(rows.readers, rows.new_rows)], n
     )
+    params = BM25Params(**{k: manifest.bm25[k] for k in ("k1", "b", "epsilon")})
+    bm25 = BM25Index.from_frequencies(freqs, params)
+    make_faiss = _dense_loader(manifest, rows, n) if manifest.faiss is not None else None
+    return SearchIndex(
+        path=folder,
+        manifest=manifest,
+        products=products,
+        bm25=bm25,
+        analyzer=analyzer,
+        _make_faiss=make_faiss,
+    )
+
+
+def _dense_loader(manifest: Manifest, rows: _Rows, n: int) -> Callable[[], Any]:
+    """Read (and verify) what the dense part needs now, and return what builds it on first
+    use: one exact FAISS index over the live vectors in catalogue order (what a fresh build
+    makes), or the segments' own approximate indexes behind deletion masks."""
+    assert manifest.faiss is not None and manifest.encoder is not None
+    factory = str(manifest.faiss["factory"])
+    dim = int(manifest.encoder["dim"])
+    if is_exact_factory(factory, dim):
+        vectors = live_vectors(rows, dim)
+        return lambda: build_faiss_index(vectors, factory)
+    parts: list[tuple[Any, np.ndarray]] = []
+    for seg, new in zip(rows.readers, rows.new_rows):
+        if seg.record.get("faiss"):
+            parts.append((seg.faiss_index(), new))
+        else:  # too small to train the factory when written: searched exactly
+            parts.append((build_faiss_index(seg.vectors(dim), EXACT_FACTORY), new))
+    if len(parts) == 1 and np.array_equal(parts[0][1], np.arange(n)):
+        only = parts[0][0]
+        return lambda: only
+    return lambda: SegmentedDenseIndex(parts)

@@ -6,13 +6,17 @@ Scoring (identical to rank-bm25 0.2.2 ``BM25Okapi``):
     score(q, d) = sum over query terms t (repeats counted) of
                   idf(t) * tf(t, d) * (k1 + 1) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))
 
-Like bm25s, every (term, document) contribution is computed once at index time and stored in a
-CSR matrix of shape ``(n_terms, n_docs)``; a query then only sums the rows of its terms, so its
-cost grows with the postings it touches, not with the catalogue size.
+Like bm25s, every (term, document) contribution is computed once, when the index is built or
+opened, into a CSR matrix of shape ``(n_terms, n_docs)``; a query then only sums the rows of its
+terms, so its cost grows with the postings it touches, not with the catalogue size. What an
+index stores is the raw term frequencies (``TermFrequencies``), not the contributions: idf and
+the average length depend on the whole catalogue, which changes with every update, so they are
+applied (``bm25_weights``) over all of an index's segments at once when it is opened.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
@@ -25,6 +29,136 @@ class BM25Params:
     k1: float = 1.5
     b: float = 0.75
     epsilon: float = 0.25
+
+
+@dataclass(frozen=True)
+class TermFrequencies:
+    """Raw term frequencies of a collection: a CSR matrix of shape ``(n_terms, n_docs)``.
+
+    The postings of term ``t`` (``terms[t]``) are ``doc_indices[indptr[t]:indptr[t + 1]]``,
+    ascending, with counts ``tf`` at the same positions; ``doc_lengths[d]`` is the number of
+    tokens of document ``d``. Unlike BM25 contributions these hold no collection statistic,
+    so the frequencies of several collections (index segments) merge exactly.
+    """
+
+    terms: list[str]
+    indptr: np.ndarray  # (n_terms + 1,) int64
+    doc_indices: np.ndarray  # (nnz,) int32
+    tf: np.ndarray  # (nnz,) int32
+    doc_lengths: np.ndarray  # (n_docs,) int32
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_lengths)
+
+    def term_ids(self) -> np.ndarray:
+        """The term of each posting, shape ``(nnz,)`` int64."""
+        return np.repeat(np.arange(len(self.terms), dtype=np.int64), np.diff(self.indptr))
+
+    @classmethod
+    def from_tokens(cls, tokenized_docs: Sequence[Sequence[str]]) -> TermFrequencies:
+        """Frequencies of tokenised documents; terms are numbered in order of first
+        occurrence."""
+        vocabulary: dict[str, int] = {}
+        rows: list[int] = []
+        cols: list[int] = []
+        tfs: list[int] = []
+        doc_len = np.zeros(len(tokenized_docs), dtype=np.int64)
+        for d, tokens in enumerate(tokenized_docs):
+            doc_len[d] = len(tokens)
+            for term, tf in Counter(tokens).items():
+                rows.append(vocabulary.setdefault(term, len(vocabulary)))
+                cols.append(d)
+                tfs.append(tf)
+        return cls.from_postings(
+            list(vocabulary),
+            np.asarray(rows, dtype=np.int64),
+            np.asarray(cols, dtype=np.int64),
+            np.asarray(tfs, dtype=np.int64),
+            doc_len,
+        )
+
+    @classmethod
+    def from_postings(
+        cls,
+        terms: list[str],
+        term_ids: np.ndarray,
+        doc_ids: np.ndarray,
+        tf: np.ndarray,
+        doc_lengths: np.ndarray,
+    ) -> TermFrequencies:
+        """The CSR matrix of (term, document, count) triples given in any order, each
+        (term, document) pair at most once."""
+        order = np.lexsort((doc_ids, term_ids))
+        indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(term_ids, minlength=len(terms)), out=indptr[1:])
+        return cls(
+            terms,
+            indptr,
+            np.asarray(doc_ids)[order].astype(np.int32),
+            np.asarray(tf)[order].astype(np.int32),
+            np.asarray(doc_lengths).astype(np.int32),
+        )
+
+    @classmethod
+    def merge(
+        cls, parts: Sequence[tuple[TermFrequencies, np.ndarray]], n_docs: int
+    ) -> TermFrequencies:
+        """One collection of ``n_docs`` documents from several: ``parts`` pairs each
+        collection with the new number of each of its documents (``-1``: dropped). Terms left
+        with no document are dropped, so the result is what ``from_tokens`` gives for the
+        surviving documents in their new order (up to the numbering of terms)."""
+        vocabulary: dict[str, int] = {}
+        term_ids, doc_ids, tfs = [], [], []
+        doc_len = np.zeros(n_docs, dtype=np.int64)
+        for freqs, new_row in parts:
+            new_row = np.asarray(new_row, dtype=np.int64)
+            if len(new_row) != freqs.n_docs:
+                raise ValueError(
+                    f"{len(new_row)} new rows given for a collection of {freqs.n_docs} documents"
+                )
+            term_map = np.array(
+                [vocabulary.setdefault(t, len(vocabulary)) for t in freqs.terms], dtype=np.int64
+            )
+            docs = new_row[freqs.doc_indices]
+            keep = docs >= 0
+            term_ids.append(term_map[freqs.term_ids()[keep]])
+            doc_ids.append(docs[keep])
+            tfs.append(freqs.tf[keep])
+            live = new_row >= 0
+            doc_len[new_row[live]] = freqs.doc_lengths[live]
+        t = np.concatenate(term_ids) if term_ids else np.zeros(0, dtype=np.int64)
+        present = np.bincount(t, minlength=len(vocabulary)) > 0
+        renumber = np.cumsum(present) - 1
+        terms = [term for term, i in vocabulary.items() if present[i]]
+        return cls.from_postings(
+            terms,
+            renumber[t],
+            np.concatenate(doc_ids) if doc_ids else np.zeros(0, dtype=np.int64),
+            np.concatenate(tfs) if tfs else np.zeros(0, dtype=np.int64),
+            doc_len,
+        )
+
+
+def bm25_weights(freqs: TermFrequencies, params: BM25Params) -> np.ndarray:
+    """The BM25 contribution of every posting of ``freqs``, shape ``(nnz,)`` float32 (computed
+    in float64). The one implementation of the formula: a build and an index loaded from
+    segments both call it, with the statistics of the whole collection (N, average length,
+    document frequencies). The idf floor's mean is an exactly rounded sum (``math.fsum``), so
+    it does not depend on the order in which terms are numbered."""
+    n_docs = freqs.n_docs
+    term_ids = freqs.term_ids()
+    tf = freqs.tf.astype(np.float64)
+    doc_len = freqs.doc_lengths.astype(np.float64)
+    doc_freq = np.diff(freqs.indptr).astype(np.float64)
+    idf = np.log(n_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
+    # rank-bm25 averages *before* flooring and floors only strictly negative values.
+    floor = params.epsilon * math.fsum(idf.tolist()) / len(idf) if len(idf) else 0.0
+    idf = np.where(idf < 0, floor, idf)
+    avgdl = doc_len.mean()
+    norm = params.k1 * (1 - params.b + params.b * doc_len[freqs.doc_indices] / avgdl)
+    contrib = idf[term_ids] * tf * (params.k1 + 1) / (tf + norm)
+    return contrib.astype(np.float32)
 
 
 class BM25Index:
@@ -50,43 +184,23 @@ class BM25Index:
     def build(
         cls, tokenized_docs: Sequence[Sequence[str]], params: BM25Params = BM25Params()
     ) -> BM25Index:
-        n_docs = len(tokenized_docs)
-        if n_docs == 0:
+        if len(tokenized_docs) == 0:
             raise ValueError("cannot build BM25 over an empty collection")
-        vocabulary: dict[str, int] = {}
-        rows: list[int] = []
-        cols: list[int] = []
-        tfs: list[int] = []
-        doc_len = np.zeros(n_docs, dtype=np.float64)
-        for d, tokens in enumerate(tokenized_docs):
-            doc_len[d] = len(tokens)
-            for term, tf in Counter(tokens).items():
-                rows.append(vocabulary.setdefault(term, len(vocabulary)))
-                cols.append(d)
-                tfs.append(tf)
-        row_arr = np.asarray(rows, dtype=np.int64)
-        col_arr = np.asarray(cols, dtype=np.int64)
-        tf_arr = np.asarray(tfs, dtype=np.float64)
+        return cls.from_frequencies(TermFrequencies.from_tokens(tokenized_docs), params)
 
-        doc_freq = np.bincount(row_arr, minlength=len(vocabulary)).astype(np.float64)
-        idf = np.log(n_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
-        # rank-bm25 averages *before* flooring and floors only strictly negative values.
-        floor = params.epsilon * idf.mean() if len(idf) else 0.0
-        idf = np.where(idf < 0, floor, idf)
-
-        avgdl = doc_len.mean()
-        norm = params.k1 * (1 - params.b + params.b * doc_len[col_arr] / avgdl)
-        contrib = idf[row_arr] * tf_arr * (params.k1 + 1) / (tf_arr + norm)
-
-        order = np.lexsort((col_arr, row_arr))
-        indptr = np.zeros(len(vocabulary) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row_arr, minlength=len(vocabulary)), out=indptr[1:])
+    @classmethod
+    def from_frequencies(
+        cls, freqs: TermFrequencies, params: BM25Params = BM25Params()
+    ) -> BM25Index:
+        """BM25 over a whole collection given as raw term frequencies."""
+        if freqs.n_docs == 0:
+            raise ValueError("cannot build BM25 over an empty collection")
         return cls(
-            vocabulary,
-            indptr,
-            col_arr[order].astype(np.int32),
-            contrib[order].astype(np.float32),
-            n_docs,
+            {term: i for i, term in enumerate(freqs.terms)},
+            freqs.indptr,
+            freqs.doc_indices,
+            bm25_weights(freqs, params),
+            freqs.n_docs,
             params,
         )
 
@@ -127,14 +241,6 @@ class BM25Index:
         order = np.lexsort((candidates, -scores[candidates]))[:k]
         rows = candidates[order]
         return rows, scores[rows]
-
-    # Persistence helpers: plain arrays, saved by index/ as .npy and JSON.
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "indptr": self.indptr,
-            "doc_indices": self.doc_indices,
-            "contributions": self.contributions,
-        }
 
     def params_dict(self) -> dict[str, float]:
         return asdict(self.params)

@@ -65,3 +65,34 @@ def test_backoff_splits_unknown_chinese_terms_into_known_pieces():
     vocabulary = {"碎花": 0, "裙": 1, "夏季": 2}
     assert backoff_terms(["碎花裙", "夏季"], vocabulary) == ["碎花", "裙", "夏季"]
     assert backoff_terms(["完全未知"], vocabulary) == ["完全未知"]
+
+
+def test_merged_frequencies_score_as_a_build_of_the_surviving_documents():
+    """Segments merged with some documents dropped and the rest renumbered give the scores a
+    build of the surviving documents gives, bit for bit, whatever the term numbering."""
+    from shopsearch.retrieval.bm25 import TermFrequencies
+
+    corpus = _random_corpus(seed=4, n=120)
+    parts, kept = [], []
+    rng = random.Random(5)
+    for start in (0, 50, 90):
+        docs = corpus[start : start + {0: 50, 50: 40, 90: 30}[start]]
+        keep = [rng.random() < 0.7 for _ in docs]
+        parts.append((docs, keep))
+        kept += [d for d, k in zip(docs, keep) if k]
+    # The surviving documents in a new order (as segments merge into id order).
+    order = list(range(len(kept)))
+    rng.shuffle(order)
+    position = {old: new for new, old in enumerate(order)}
+    next_row, inputs = 0, []
+    for docs, keep in parts:
+        rows = []
+        for k in keep:
+            rows.append(position[next_row] if k else -1)
+            next_row += k
+        inputs.append((TermFrequencies.from_tokens(docs), np.array(rows)))
+    merged = BM25Index.from_frequencies(TermFrequencies.merge(inputs, len(kept)))
+    fresh = BM25Index.build([kept[old] for old in order])
+    assert set(merged.vocabulary) == set(fresh.vocabulary)
+    for query in (["w0"], ["w1", "w2", "w1"], [f"w{i}" for i in range(40)]):
+        np.testing.assert_array_equal(merged.score(query)[0], fresh.score(query)[0])

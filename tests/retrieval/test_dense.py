@@ -44,3 +44,37 @@ def test_factory_choice_and_invalid_factory():
     assert "HNSW" in choose_factory(10_000_000)
     with pytest.raises(ValueError, match="factory"):
         build_faiss_index(_vectors(10), "NotAnIndex")
+
+
+def test_segmented_search_equals_one_flat_index_over_the_live_rows():
+    from shopsearch.retrieval.dense import SegmentedDenseIndex
+
+    rng = np.random.default_rng(3)
+    segments = [_vectors(120, seed=4), _vectors(60, seed=5), _vectors(30, seed=6)]
+    # Catalogue rows of each local row, -1 for deleted ones, live rows a permutation.
+    live = [rng.random(len(s)) < 0.75 for s in segments]
+    n = int(sum(m.sum() for m in live))
+    catalogue_rows = rng.permutation(n)
+    maps, start = [], 0
+    for mask in live:
+        rows = np.full(len(mask), -1)
+        rows[mask] = catalogue_rows[start : start + mask.sum()]
+        start += mask.sum()
+        maps.append(rows)
+    union = np.zeros((n, 32), dtype=np.float32)
+    for vectors, rows in zip(segments, maps):
+        union[rows[rows >= 0]] = vectors[rows >= 0]
+    segmented = SegmentedDenseIndex(
+        [(build_faiss_index(v, "IDMap,Flat"), rows) for v, rows in zip(segments, maps)]
+    )
+    flat = build_faiss_index(union, "IDMap,Flat")
+    assert segmented.ntotal == n
+    queries = _vectors(5, seed=7)
+    for allowed in (None, np.arange(0, n, 3), np.array([], dtype=np.int64)):
+        got = search_index(segmented, queries, 10, allowed)
+        want = search_index(flat, queries, 10, allowed)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+    rows, scores = search_index(segmented, queries, n + 5)  # more than there are: padded
+    assert (rows[:, n:] == -1).all() and np.isinf(scores[:, n:]).all()
+    assert sorted(rows[0, :n]) == list(range(n))
