@@ -128,8 +128,10 @@ def build_index_cmd(
 ) -> None:
     """Build (or atomically rebuild) a search index from a catalogue.
 
-    The new index is written to a temporary folder and renamed into place, so an existing
-    index stays usable until the new one is complete, and survives a failed build.
+    A new index is written to a temporary folder and renamed into place; over an existing
+    index the build is published as its next generation, so the old one stays usable (and
+    served) until the new one is complete, and survives a failed or killed build. For a few
+    changed products, `search-cli update` is faster.
     """
     from shopsearch.index.catalog import read_catalog
     from shopsearch.index.store import build_index
