@@ -175,9 +175,21 @@ def real_catalogue(
     index = load_index(index_dir)
     if index.manifest.faiss is None:
         raise SystemExit(f"{index_dir} has no dense part; build it with a --model")
+    from shopsearch.retrieval.dense import SegmentedDenseIndex
+
+    def stored_vectors(stored: Any) -> np.ndarray:
+        inner = faiss.downcast_index(stored.index) if hasattr(stored, "index") else stored
+        return inner.reconstruct_n(0, inner.ntotal).astype(np.float32)
+
     stored = index.faiss_index
-    inner = faiss.downcast_index(stored.index) if hasattr(stored, "index") else stored
-    vectors = inner.reconstruct_n(0, inner.ntotal).astype(np.float32)
+    if isinstance(stored, SegmentedDenseIndex):  # an HNSW index not compacted since updates
+        dim = int((index.manifest.encoder or {})["dim"])
+        vectors = np.zeros((stored.ntotal, dim), np.float32)
+        for part, rows in stored.parts:
+            live = rows >= 0
+            vectors[rows[live]] = stored_vectors(part)[live]
+    else:
+        vectors = stored_vectors(stored)
     if queries_path is None:
         rng = np.random.default_rng(0)
         n_total = args.queries + args.warmup + args.recall_queries
