@@ -72,7 +72,7 @@ def describe_engine(engine: Any, signature: tuple[int, int, int] | None) -> Serv
 
     index_dir = Path(engine.index.path)
     manifest = engine.index.manifest
-    reranker_dir = index_dir / "reranker"
+    reranker_dir = engine.index.reranker_path or index_dir / "reranker"
     has_reranker = engine.reranker is not None
     versions: dict[str, str | None] = {
         "index": _digest(index_dir / "manifest.json") or "unknown",
