@@ -96,7 +96,8 @@ def references(manifest: Manifest | Mapping[str, Any] | None) -> set[str]:
     if manifest is None:
         return set()
     data: Mapping[str, Any] = manifest.__dict__ if isinstance(manifest, Manifest) else manifest
-    refs = {RERANKER_DIR} if data.get("reranker") else set()
+    reranker = data.get("reranker")
+    refs = {str(reranker.get("path") or RERANKER_DIR)} if isinstance(reranker, dict) else set()
     if data.get("format_version") != FORMAT_VERSION:
         return refs
     refs |= set(data.get("files") or {})

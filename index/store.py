@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from shopsearch.errors import IndexLoadError, SearchError
-from shopsearch.files import replace_folder
 from shopsearch.index.catalog import record_to_product
 from shopsearch.index.generations import (
     DELETES_DIR,
@@ -100,7 +99,7 @@ def folder_size(path: Path) -> int:
 
 def index_size(path: Path, manifest: Manifest) -> int:
     """Bytes of what the current generation uses: its files and its reranker."""
-    reranker = path / RERANKER_DIR
+    reranker = path / reranker_folder(manifest)
     extra = folder_size(reranker) if manifest.reranker and reranker.is_dir() else 0
     return sum(int(r["bytes"]) for r in manifest.files.values()) + extra
 
@@ -322,12 +321,10 @@ class _Build:
         manifest = self.write(target, generation)
         try:
             if reranker is not None and (reranker / "config.json").exists():
-                here = target / RERANKER_DIR
-                if not (here.is_dir() and here.resolve() == Path(reranker).resolve()):
-                    staged = Path(tempfile.mkdtemp(prefix=".reranker.tmp-", dir=target))
-                    shutil.rmtree(staged)
-                    shutil.copytree(reranker, staged)
-                    replace_folder(staged, here)
+                # The index's own reranker is kept where it is; another is staged beside it.
+                here = Path(reranker)
+                if here.resolve().parent != target.resolve():
+                    here = target / _stage_reranker(target, here)
                 manifest.reranker = {**_reranker_info(here), **(reranker_record or {})}
         except BaseException:
             shutil.rmtree(target / SEGMENTS_DIR / manifest.segments[0]["name"], ignore_errors=True)
@@ -335,10 +332,40 @@ class _Build:
         return publish(target, manifest, previous)
 
 
+def reranker_folder(manifest: Manifest) -> str:
+    """The index's reranker folder, relative to it: ``reranker/`` for one a build copied in,
+    ``reranker-<id>/`` for one installed since (each install is a new folder)."""
+    return str((manifest.reranker or {}).get("path") or RERANKER_DIR)
+
+
+def _stage_reranker(index_dir: Path, source: Path) -> str:
+    """Copy a reranker folder into the index under a new name, durably, and return the name.
+
+    The manifest published next is what makes it the index's reranker; until then it is an
+    unreferenced folder, which a kill leaves for the next writer's garbage collection. So an
+    install is atomic like any generation: the old model with its record, or the new with its
+    own, never the new model under the old record (its tuned blend)."""
+    import uuid
+
+    name = f"{RERANKER_DIR}-{uuid.uuid4().hex[:12]}"
+    staged = index_dir / f".{name}.tmp"
+    shutil.copytree(source, staged)
+    for path in sorted(staged.rglob("*"), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            fsync_dir(path)
+    fsync_dir(staged)
+    os.rename(staged, index_dir / name)
+    fsync_dir(index_dir)
+    return name
+
+
 def _reranker_info(folder: Path) -> dict[str, Any]:
     import json
 
-    info: dict[str, Any] = {"path": RERANKER_DIR}
+    info: dict[str, Any] = {"path": folder.name}
     training = folder / "training.json"
     if training.is_file():
         data = json.loads(training.read_text(encoding="utf-8"))
@@ -391,13 +418,8 @@ def install_reranker(index_dir: Path, model_dir: Path) -> Manifest:
     index_dir = Path(index_dir)
     Manifest.read(index_dir)
     with writer_lock(index_dir, "install-reranker"):
-        staged = Path(tempfile.mkdtemp(prefix=".reranker.tmp-", dir=index_dir))
-        shutil.rmtree(staged)
-        shutil.copytree(model_dir, staged)
-        replace_folder(staged, index_dir / RERANKER_DIR)
-        return _update_manifest_locked(
-            index_dir, {"reranker": _reranker_info(index_dir / RERANKER_DIR)}
-        )
+        name = _stage_reranker(index_dir, Path(model_dir))
+        return _update_manifest_locked(index_dir, {"reranker": _reranker_info(index_dir / name)})
 
 
 @dataclass
@@ -446,7 +468,7 @@ class SearchIndex:
 
     @property
     def reranker_path(self) -> Path | None:
-        path = self.path / RERANKER_DIR
+        path = self.path / reranker_folder(self.manifest)
         return path if self.manifest.reranker and path.is_dir() else None
 
 

@@ -75,7 +75,9 @@ def describe_engine(engine: Any, signature: tuple[int, int, int] | None) -> Serv
     reranker_dir = engine.index.reranker_path or index_dir / "reranker"
     has_reranker = engine.reranker is not None
     versions: dict[str, str | None] = {
-        "index": _digest(index_dir / "manifest.json") or "unknown",
+        # The manifest this engine was loaded from, not the file now on disk: a writer may
+        # have published a newer one since, and the version must name what serves.
+        "index": (manifest.checksum or manifest._digest())[:12],
         "encoder": (manifest.encoder or {}).get("name") if engine.encoder is not None else None,
         "reranker": _digest(reranker_dir / "training.json", reranker_dir / "calibration.json")
         if has_reranker

@@ -63,8 +63,9 @@ def test_a_reranker_was_trained_installed_and_reloaded(loop: online_loop.LoopRes
     report = loop.report
     manifest = Manifest.read(loop.index_dir)
     assert manifest.reranker is not None and "blend" in manifest.reranker
-    assert (loop.index_dir / "reranker" / "config.json").is_file()
-    training = json.loads((loop.index_dir / "reranker" / "training.json").read_text("utf-8"))
+    installed = loop.index_dir / str(manifest.reranker["path"])
+    assert (installed / "config.json").is_file()
+    training = json.loads((installed / "training.json").read_text("utf-8"))
     assert training["trained_on"] == "click log" and training["position_weighting"]
     assert training["propensities"] == pytest.approx(true_propensities(10, 1.0).tolist())
     assert report["training"]["train_pairs"] > 0

@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from shopsearch.cli.main import cli
+from shopsearch.index.manifest import Manifest
 
 
 @pytest.fixture
@@ -234,7 +235,8 @@ def test_tune_rerank_writes_the_blend_beside_the_installed_reranker(runner, tmp_
     # --held-out keeps only the queries the reranker's training held out.
     result = runner.invoke(cli, args + ["--held-out"])
     assert result.exit_code == 2 and "lists no held-out queries" in result.stderr
-    (bm25_index / "reranker" / "training.json").write_text('{"held_out_queries": ["q2"]}')
+    installed = bm25_index / str(Manifest.read(bm25_index).reranker["path"])
+    (installed / "training.json").write_text('{"held_out_queries": ["q2"]}')
     result = runner.invoke(cli, args + ["--held-out", "--json", "--dry-run"])
     assert result.exit_code == 0 and json.loads(result.stdout)["queries"] == 1
     # An explicit --reranker is not the tuned one: it ranks by click probability alone.

@@ -100,9 +100,12 @@ def test_clicks_and_judgements_to_an_installed_calibrated_reranker(
     report = json.loads(result.stdout)
     assert len(report["propensities"]) == 4 and report["propensities"][0] == pytest.approx(1.0)
     assert report["calibration"]["test_pairs"] > 0
-    info = json.loads((index / "reranker" / "training.json").read_text(encoding="utf-8"))
+    from shopsearch.index.store import load_index
+
+    installed = load_index(index).reranker_path
+    info = json.loads((installed / "training.json").read_text(encoding="utf-8"))
     assert info["trained_on"] == "click log" and info["held_out_queries"]
-    assert (index / "reranker" / "calibration.json").is_file()
+    assert (installed / "calibration.json").is_file()
     result = _ok(runner.invoke(cli, ["query", "bed", "--index", str(index), "--json"]))
     data = json.loads(result.stdout)
     assert data["reranked"] and 0 < data["results"][0]["click_probability"] < 1

@@ -264,3 +264,46 @@ def test_kill_minus_nine_of_real_cli_processes(tmp_path, pool):
         assert seen in (before_state, after_state), f"{name}: a state that is neither"
         live = after if seen == after_state else live
     assert kills >= 15
+
+
+def test_kill_minus_nine_during_reranker_installs(tmp_path, pool, analyzer, keyword_encoder):
+    """An install is a generation like any other: after a kill at any moment the index holds
+    either the old model with its record or the new one with its own, complete."""
+    import json
+
+    from shopsearch.index.store import install_reranker
+
+    index_dir = tmp_path / "idx"
+    build_index(pool[:40], index_dir, encoder=keyword_encoder, analyzer=analyzer)
+    models = []
+    for name in ("A", "B"):
+        folder = tmp_path / f"model-{name}"
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "training.json").write_text(json.dumps({"base_model": name}))
+        (folder / "weights.bin").write_bytes(bytes([ord(name)]) * 4_000_000)
+        models.append(folder)
+    install_reranker(index_dir, models[0])
+    durations = []
+    for model in models * 2:  # unkilled installs, to spread the kills over one
+        t0 = time.perf_counter()
+        assert not run_killed(lambda model=model: install_reranker(index_dir, model), None)
+        durations.append(time.perf_counter() - t0)
+    duration = min(durations)
+    rng = random.Random(3)
+    kills = 0
+    for attempt in range(200):
+        if kills >= 15:
+            break
+        model = models[attempt % 2]
+        kills += run_killed(
+            lambda model=model: install_reranker(index_dir, model), rng.uniform(0, 0.9 * duration)
+        )
+        assert check_index(index_dir).ok
+        index = load_index(index_dir)
+        record, folder = index.manifest.reranker, index.reranker_path
+        assert folder is not None and record is not None
+        stored = json.loads((folder / "training.json").read_text())["base_model"]
+        assert record["base_model"] == stored  # the record describes the model it points at
+        assert (folder / "weights.bin").read_bytes() == bytes([ord(stored)]) * 4_000_000
+    assert kills >= 15

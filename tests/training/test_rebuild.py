@@ -42,5 +42,5 @@ def test_rebuild_keeps_fusion_depth_reranker_and_its_blend(built_index, tmp_path
     assert after.reranker["blend"] == before.reranker["blend"]
     assert BlendConfig.from_dict(after.reranker["blend"]) == BlendConfig(0.3, 20)
     assert FusionConfig.from_dict(after.fusion) == fusion and after.candidate_depth == 37
-    assert (built_index / "reranker" / "config.json").is_file()
+    assert (load_index(built_index).reranker_path / "config.json").is_file()
     assert after.catalog_sha256 == before.catalog_sha256
