@@ -82,7 +82,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -93,6 +92,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
+
+from shopsearch.benchmarks.load_test import free_port
 
 SHOPPER_TAG = "shopper"
 JUDGED_TAG = "judged"
@@ -211,12 +212,6 @@ class Client:
 
 
 # -- the server process ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def search_cli() -> str:

@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Callable
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a file created or renamed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_folder(new: Path, target: Path) -> None:
     """Move the finished folder ``new`` to ``target``. An existing ``target`` is renamed aside
     first and removed only after the new one is in place."""

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from shopsearch.files import fsync_dir
 from shopsearch.index.lock import LOCK_FILE
 from shopsearch.index.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
 
@@ -80,14 +81,6 @@ def write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
 
 def read_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def references(manifest: Manifest | Mapping[str, Any] | None) -> set[str]:

@@ -36,11 +36,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from shopsearch.errors import DataError, IndexLoadError
+from shopsearch.files import fsync_dir
 from shopsearch.index.catalog import record_to_product
 from shopsearch.index.generations import (
     DELETES_DIR,
     SEGMENTS_DIR,
-    fsync_dir,
     read_npy,
     write_bytes,
     write_npy,

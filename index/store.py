@@ -24,12 +24,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from shopsearch.errors import IndexLoadError, SearchError
+from shopsearch.files import fsync_dir
 from shopsearch.index.catalog import record_to_product
 from shopsearch.index.generations import (
     DELETES_DIR,
     RERANKER_DIR,
     SEGMENTS_DIR,
-    fsync_dir,
     publish,
 )
 from shopsearch.index.lock import writer_lock

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from shopsearch.errors import SearchError
+from shopsearch.files import fsync_dir
 
 DATABASE_FILE = "feedback.sqlite3"
 EXPORT_LOCK_FILE = ".export.lock"
@@ -116,14 +117,6 @@ class SettledImpression:
 
 def _utc_iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FeedbackStore:
@@ -381,7 +374,7 @@ class FeedbackStore:
             handle.flush()
             os.fsync(handle.fileno())
         if created:
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         with self._transaction() as tx:
             tx.execute("UPDATE batches SET done = 1 WHERE batch = ?", (batch,))
         return len(lines)

@@ -2,7 +2,6 @@
 versions, clicks are attributed from the server's own record, every bad input gets a JSON
 error with the right status, and /metrics exposes traffic and online quality."""
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -14,25 +13,11 @@ from shopsearch.training.clicks import read_click_log
 TOKEN = "s3cret"
 
 
-class LengthReranker:
-    """Prefers shorter product texts; calibrated, so its sigmoid is served as p(click)."""
-
-    name = "length"
-    calibrated = True
-    max_length = 32
-
-    def logits(self, query, texts):
-        return np.array([-len(t) / 10.0 for t in texts])
-
-    def probabilities(self, logits):
-        return 1.0 / (1.0 + np.exp(-np.asarray(logits)))
-
-
 @pytest.fixture
-def opener(keyword_encoder):
+def opener(keyword_encoder, length_reranker):
     def open_engine(path):
         return SearchEngine(
-            load_index(path), encoder=keyword_encoder, reranker=LengthReranker(), depth=20
+            load_index(path), encoder=keyword_encoder, reranker=length_reranker, depth=20
         )
 
     return open_engine

@@ -3,12 +3,10 @@ reloaded (by /admin/reload and by the manifest watcher); no request fails, each 
 one version, and after a reload every answer comes from the new one."""
 
 import json
-import socket
 import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 import uvicorn
 
@@ -19,31 +17,13 @@ from shopsearch.serve.app import ServeConfig, create_app
 TOKEN = "t"
 
 
-class LengthReranker:
-    name = "length"
-    calibrated = True
-    max_length = 32
-
-    def logits(self, query, texts):
-        return np.array([-len(t) / 10.0 for t in texts])
-
-    def probabilities(self, logits):
-        return 1.0 / (1.0 + np.exp(-np.asarray(logits)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def server(built_index, tmp_path, keyword_encoder):
+def server(built_index, tmp_path, keyword_encoder, length_reranker, free_port):
     def open_engine(path):
         time.sleep(0.3)  # a load that takes a while, so requests overlap it
         index = load_index(path)
         index.analyzer.tokenize("预热")  # jieba's dictionary, loaded once
-        return SearchEngine(index, encoder=keyword_encoder, reranker=LengthReranker())
+        return SearchEngine(index, encoder=keyword_encoder, reranker=length_reranker)
 
     config = ServeConfig(
         index=str(built_index),

@@ -3,7 +3,6 @@ reloading on SIGHUP, stopping cleanly on SIGTERM; with two workers, /metrics sum
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,7 @@ import pytest
 from shopsearch.index.store import update_manifest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(index, tmp_path, *extra):
-    port = free_port()
+def start(port, index, tmp_path, *extra):
     proc = subprocess.Popen(
         [
             os.path.join(os.path.dirname(sys.executable), "search-cli"),
@@ -73,8 +65,8 @@ def bm25_index(tmp_path, catalog_path):
     return tmp_path / "idx"
 
 
-def test_serve_answers_reloads_on_sighup_and_stops_cleanly(bm25_index, tmp_path):
-    proc, url, seconds = start(bm25_index, tmp_path, "--watch-interval", "0")
+def test_serve_answers_reloads_on_sighup_and_stops_cleanly(bm25_index, tmp_path, free_port):
+    proc, url, seconds = start(free_port(), bm25_index, tmp_path, "--watch-interval", "0")
     try:
         assert seconds < 30
         got = httpx.get(f"{url}/search", params={"q": "夏季连衣裙", "k": 3})
@@ -93,8 +85,8 @@ def test_serve_answers_reloads_on_sighup_and_stops_cleanly(bm25_index, tmp_path)
     assert "Traceback" not in proc.stdout.read()
 
 
-def test_two_workers_share_metrics_and_feedback(bm25_index, tmp_path):
-    proc, url, _ = start(bm25_index, tmp_path, "--workers", "2")
+def test_two_workers_share_metrics_and_feedback(bm25_index, tmp_path, free_port):
+    proc, url, _ = start(free_port(), bm25_index, tmp_path, "--workers", "2")
     try:
         with httpx.Client(base_url=url) as client:
             bodies = [client.get("/search", params={"q": "bed", "k": 3}).json() for _ in range(8)]
