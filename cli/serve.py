@@ -123,6 +123,16 @@ def _one_thread() -> None:
     type=click.IntRange(1, 1_000_000),
     help="Settled requests the online CTR / MRR / ECE gauges are computed over.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Serve a sharded index (build-index --ray) with its shards as Ray actors: alone, on "
+    "a Ray started on this machine; with ADDRESS, on that cluster. One HTTP worker.",
+)
 @click.option("--log-level", default="warning", show_default=True)
 def serve_cmd(
     index_dir: Path,
@@ -139,6 +149,7 @@ def serve_cmd(
     watch_interval: float,
     quality_window: int,
     log_level: str,
+    ray_address: str | None,
 ) -> None:
     """Serve the index over HTTP: a search page at /, the search API, click capture,
     Prometheus metrics and hot reload.
@@ -158,10 +169,17 @@ def serve_cmd(
     """
     import uvicorn
 
+    from shopsearch.distributed.manifest import ShardedManifest, is_sharded_index
     from shopsearch.index.manifest import Manifest
     from shopsearch.serve.app import ServeConfig, create_app
 
-    Manifest.read(index_dir)  # a missing or foreign index is refused before binding a port
+    # A missing or foreign index is refused before binding a port.
+    ShardedManifest.read(index_dir) if is_sharded_index(index_dir) else Manifest.read(index_dir)
+    if ray_address is not None and (workers != 1 or not is_sharded_index(index_dir)):
+        raise SearchError(
+            "--ray serves a sharded index (built with `build-index --ray`) from one HTTP "
+            "worker; its shards are the Ray actors"
+        )
     if feedback_window < 0:
         raise SearchError("--feedback-window must be >= 0 seconds")
     config = ServeConfig(
@@ -182,6 +200,15 @@ def serve_cmd(
         f"admin endpoints {'on' if admin_token else 'off (no --admin-token)'}",
         err=True,
     )
+    if ray_address is not None:
+        from shopsearch.distributed.cluster import local_cpus, ray_session
+        from shopsearch.distributed.engine import RayShardedSearchEngine
+
+        _one_thread()
+        with ray_session(ray_address, num_cpus=local_cpus(os.cpu_count() or 1)):
+            app = create_app(config, open_engine=RayShardedSearchEngine.open)
+            uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
     if workers == 1:
         _one_thread()
         uvicorn.run(create_app(config), host=host, port=port, log_level=log_level)

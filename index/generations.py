@@ -22,19 +22,21 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
 from shopsearch.files import fsync_dir
 from shopsearch.index.lock import LOCK_FILE
-from shopsearch.index.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
+from shopsearch.index.manifest import FORMAT_VERSION, MANIFEST_FILE, SHARDED_FORMAT_NAME
 
 logger = logging.getLogger(__name__)
 
 SEGMENTS_DIR = "segments"
 DELETES_DIR = "deletes"
 RERANKER_DIR = "reranker"
+# A sharded index (shopsearch.distributed) keeps one ordinary index per shard under shards/.
+SHARDS_DIR = "shards"
 _MANIFEST_TMP = f".{MANIFEST_FILE}.tmp"
 
 
@@ -83,14 +85,32 @@ def read_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def references(manifest: Manifest | Mapping[str, Any] | None) -> set[str]:
-    """Paths (relative to the index) that a manifest needs: its files, its segment folders and
-    its reranker folder. A manifest of another format version needs only its reranker."""
+class Publishable(Protocol):
+    """What ``publish`` writes: an index manifest (``Manifest``, or a sharded index's)."""
+
+    generation: int
+
+    def to_json(self) -> str: ...
+
+
+P = TypeVar("P", bound=Publishable)
+
+
+def references(manifest: Publishable | Mapping[str, Any] | None) -> set[str]:
+    """Paths (relative to the index) that a manifest needs: its files, its segment folders (a
+    sharded index's: its shard folders) and its reranker folder. A manifest of another format
+    version needs only its reranker."""
     if manifest is None:
         return set()
-    data: Mapping[str, Any] = manifest.__dict__ if isinstance(manifest, Manifest) else manifest
+    data: Mapping[str, Any] = manifest if isinstance(manifest, Mapping) else vars(manifest)
     reranker = data.get("reranker")
     refs = {str(reranker.get("path") or RERANKER_DIR)} if isinstance(reranker, dict) else set()
+    ltr = data.get("ltr")
+    if isinstance(ltr, dict) and ltr.get("path"):
+        refs.add(str(ltr["path"]))
+    if data.get("format") == SHARDED_FORMAT_NAME:
+        refs |= set(data.get("files") or {})
+        return refs | {str(s["path"]) for s in data.get("shards") or []}
     if data.get("format_version") != FORMAT_VERSION:
         return refs
     refs |= set(data.get("files") or {})
@@ -99,7 +119,7 @@ def references(manifest: Manifest | Mapping[str, Any] | None) -> set[str]:
 
 
 def collect_garbage(
-    index_dir: Path, keep: Sequence[Manifest | Mapping[str, Any] | None]
+    index_dir: Path, keep: Sequence[Publishable | Mapping[str, Any] | None]
 ) -> list[str]:
     """Remove what none of the ``keep`` manifests references: older generations' segments and
     masks, and whatever an interrupted writer left. Only a writer holding the lock calls it.
@@ -107,12 +127,11 @@ def collect_garbage(
     referenced: set[str] = set()
     for manifest in keep:
         referenced |= references(manifest)
-    top = {MANIFEST_FILE, LOCK_FILE, SEGMENTS_DIR, DELETES_DIR} | {
-        r.split("/")[0] for r in referenced
-    }
+    folders = (SEGMENTS_DIR, DELETES_DIR, SHARDS_DIR)
+    top = {MANIFEST_FILE, LOCK_FILE, *folders} | {r.split("/")[0] for r in referenced}
     doomed: list[Path] = []
     for entry in index_dir.iterdir():
-        if entry.name in (SEGMENTS_DIR, DELETES_DIR) and entry.is_dir():
+        if entry.name in folders and entry.is_dir():
             doomed += [c for c in entry.iterdir() if f"{entry.name}/{c.name}" not in referenced]
         elif entry.name not in top:
             doomed.append(entry)
@@ -127,13 +146,16 @@ def collect_garbage(
     return [str(p.relative_to(index_dir)) for p in doomed]
 
 
-def publish(
-    index_dir: Path, manifest: Manifest, previous: Manifest | Mapping[str, Any] | None
-) -> Manifest:
+def publish(index_dir: Path, manifest: P, previous: Publishable | Mapping[str, Any] | None) -> P:
     """Make ``manifest`` the index's current generation (its files must already be durable),
     then remove what neither it nor ``previous`` references. The caller holds the lock."""
     # The new files' directory entries are durable before the manifest that names them.
-    for folder in (index_dir / SEGMENTS_DIR, index_dir / DELETES_DIR, index_dir):
+    for folder in (
+        index_dir / SEGMENTS_DIR,
+        index_dir / DELETES_DIR,
+        index_dir / SHARDS_DIR,
+        index_dir,
+    ):
         if folder.is_dir():
             fsync_dir(folder)
     tmp = index_dir / _MANIFEST_TMP

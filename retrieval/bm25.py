@@ -140,22 +140,82 @@ class TermFrequencies:
         )
 
 
-def bm25_weights(freqs: TermFrequencies, params: BM25Params) -> np.ndarray:
+@dataclass(frozen=True)
+class CollectionStats:
+    """The collection statistics BM25 applies to every document: the number of documents, their
+    total length in tokens and each term's document frequency. The statistics of a whole
+    catalogue, given to each part of it (a shard of a sharded index), make the part's scores
+    equal the whole catalogue's: they are all that ``bm25_weights`` takes from outside a
+    document. Parts' statistics add up (``merge``)."""
+
+    n_docs: int
+    total_length: int
+    doc_freq: dict[str, int]
+
+    @classmethod
+    def of(cls, freqs: TermFrequencies) -> CollectionStats:
+        return cls(
+            freqs.n_docs,
+            int(freqs.doc_lengths.sum(dtype=np.int64)),
+            dict(zip(freqs.terms, np.diff(freqs.indptr).tolist())),
+        )
+
+    @classmethod
+    def merge(cls, parts: Iterable[CollectionStats]) -> CollectionStats:
+        n_docs = total = 0
+        doc_freq: dict[str, int] = {}
+        for part in parts:
+            n_docs += part.n_docs
+            total += part.total_length
+            for term, df in part.doc_freq.items():
+                doc_freq[term] = doc_freq.get(term, 0) + df
+        return cls(n_docs, total, doc_freq)
+
+    def idf_floor(self, epsilon: float) -> float:
+        """epsilon * mean idf over every term of the collection (rank-bm25's floor)."""
+        return _idf_floor(_idf(self.n_docs, np.fromiter(self.doc_freq.values(), float)), epsilon)
+
+
+def _idf(n_docs: int, doc_freq: np.ndarray) -> np.ndarray:
+    doc_freq = np.asarray(doc_freq, dtype=np.float64)
+    return np.log(n_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
+
+
+def _idf_floor(idf: np.ndarray, epsilon: float) -> float:
+    # An exactly rounded sum (math.fsum), so it does not depend on the order of the terms.
+    return epsilon * math.fsum(idf.tolist()) / len(idf) if len(idf) else 0.0
+
+
+def bm25_weights(
+    freqs: TermFrequencies, params: BM25Params, stats: CollectionStats | None = None
+) -> np.ndarray:
     """The BM25 contribution of every posting of ``freqs``, shape ``(nnz,)`` float32 (computed
-    in float64). The one implementation of the formula: a build and an index loaded from
-    segments both call it, with the statistics of the whole collection (N, average length,
-    document frequencies). The idf floor's mean is an exactly rounded sum (``math.fsum``), so
-    it does not depend on the order in which terms are numbered."""
-    n_docs = freqs.n_docs
+    in float64). The one implementation of the formula: a build, an index loaded from
+    segments and a shard of a sharded index all call it, with the statistics of the whole
+    collection (N, average length, document frequencies): ``freqs``' own, or ``stats`` when
+    ``freqs`` is one part of a larger collection. The idf floor's mean is an exactly rounded
+    sum, so it does not depend on the order in which terms are numbered."""
     term_ids = freqs.term_ids()
     tf = freqs.tf.astype(np.float64)
     doc_len = freqs.doc_lengths.astype(np.float64)
-    doc_freq = np.diff(freqs.indptr).astype(np.float64)
-    idf = np.log(n_docs - doc_freq + 0.5) - np.log(doc_freq + 0.5)
+    if stats is None:
+        n_docs, total = freqs.n_docs, int(freqs.doc_lengths.sum(dtype=np.int64))
+        idf = _idf(n_docs, np.diff(freqs.indptr))
+        floor = _idf_floor(idf, params.epsilon)
+    else:
+        missing = [t for t in freqs.terms if t not in stats.doc_freq]
+        if missing:
+            raise ValueError(
+                f"the collection statistics lack {len(missing)} of this part's terms "
+                f"(e.g. {missing[0]!r}); they are not the statistics of a collection holding it"
+            )
+        n_docs, total = stats.n_docs, stats.total_length
+        idf = _idf(n_docs, np.array([stats.doc_freq[t] for t in freqs.terms], dtype=np.float64))
+        floor = stats.idf_floor(params.epsilon)
     # rank-bm25 averages *before* flooring and floors only strictly negative values.
-    floor = params.epsilon * math.fsum(idf.tolist()) / len(idf) if len(idf) else 0.0
     idf = np.where(idf < 0, floor, idf)
-    avgdl = doc_len.mean()
+    # The total of integer lengths is exact, so this is the mean of the lengths, rounded once.
+    avgdl = total / n_docs
     norm = params.k1 * (1 - params.b + params.b * doc_len[freqs.doc_indices] / avgdl)
     contrib = idf[term_ids] * tf * (params.k1 + 1) / (tf + norm)
     return contrib.astype(np.float32)
@@ -190,16 +250,20 @@ class BM25Index:
 
     @classmethod
     def from_frequencies(
-        cls, freqs: TermFrequencies, params: BM25Params = BM25Params()
+        cls,
+        freqs: TermFrequencies,
+        params: BM25Params = BM25Params(),
+        stats: CollectionStats | None = None,
     ) -> BM25Index:
-        """BM25 over a whole collection given as raw term frequencies."""
+        """BM25 over a collection given as raw term frequencies; ``stats``: the statistics of
+        the whole collection when ``freqs`` is one part of it (default: ``freqs``' own)."""
         if freqs.n_docs == 0:
             raise ValueError("cannot build BM25 over an empty collection")
         return cls(
             {term: i for i, term in enumerate(freqs.terms)},
             freqs.indptr,
             freqs.doc_indices,
-            bm25_weights(freqs, params),
+            bm25_weights(freqs, params, stats),
             freqs.n_docs,
             params,
         )
