@@ -135,6 +135,11 @@ def _data_options(func):
     show_default=True,
     help="Single-query calls timed per stage (0 skips latency).",
 )
+@click.option(
+    "--spelling",
+    is_flag=True,
+    help="Correct unknown query words against the index's vocabulary (as `query --spelling`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of tables.")
 def benchmark_cmd(
     index_dir: Path,
@@ -144,6 +149,7 @@ def benchmark_cmd(
     out_dir: Path,
     reranker: str | None,
     latency_queries: int,
+    spelling: bool,
     as_json: bool,
 ) -> None:
     """Run each stage over judged queries; write TREC runs and a report.
@@ -171,8 +177,9 @@ def benchmark_cmd(
     engine = SearchEngine.open(
         index_dir,
         reranker=reranker,
-        use_reranker="rerank" in wanted,
-        load_encoder=bool({"dense", "hybrid", "rerank"} & set(wanted)),
+        use_reranker=bool({"rerank", "ltr"} & set(wanted)),
+        load_encoder=bool({"dense", "hybrid", "rerank", "ltr"} & set(wanted)),
+        spelling=spelling,
     )
     retrievers = {}
     for stage in wanted:
@@ -200,6 +207,9 @@ def benchmark_cmd(
             "candidate_depth": engine.depth,
             "fusion": engine.fusion.to_dict(),
             "blend": engine.blend.to_dict() if engine.reranker else None,
+            "analyzer": engine.index.manifest.analyzer,
+            "spelling": spelling,
+            "ltr": (engine.index.manifest.ltr or {}).get("trained_on") if "ltr" in wanted else None,
             "data": data.dataset or f"{data.queries} + {data.qrels}",
         },
     )

@@ -24,6 +24,9 @@ class SearchResult:
     reranked: bool = False
     calibrated: bool = False
     notes: list[str] = field(default_factory=list)
+    # Spelling corrections of query terms ("did you mean"), each {"term", "suggestion",
+    # "distance"}; the original terms are searched too.
+    corrections: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``search-cli query --json``: each result's product fields, its
@@ -50,6 +53,7 @@ class SearchResult:
             "reranked": self.reranked,
             "calibrated": self.calibrated,
             "notes": self.notes,
+            **({"did_you_mean": self.corrections} if self.corrections else {}),
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "results": results,
         }

@@ -23,6 +23,8 @@ FORMAT_NAME = "shopsearch-index"
 # deletion masks, published as generations.
 FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
+# The top-level manifest of a sharded index (shopsearch.distributed.manifest).
+SHARDED_FORMAT_NAME = "shopsearch-sharded-index"
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Manifest:
     fusion: dict[str, Any]
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     reranker: dict[str, Any] | None = None
+    # The learning-to-rank model (``ltr-<id>/``: path, features, importances, first stage).
+    ltr: dict[str, Any] | None = None
     catalog_source: str = ""
     # Candidates each first-stage retriever hands to fusion, whatever k is asked for.
     candidate_depth: int = DEFAULT_DEPTH
@@ -55,14 +59,19 @@ class Manifest:
     package_version: str = __version__
     checksum: str = ""
 
+    def _body(self) -> dict[str, Any]:
+        # Fields added since a manifest format was fixed are left out while unset, so that a
+        # manifest written before they existed keeps its checksum.
+        return {k: v for k, v in asdict(self).items() if not (k == "ltr" and v is None)}
+
     def _digest(self) -> str:
-        body = {**asdict(self), "checksum": ""}
+        body = {**self._body(), "checksum": ""}
         return hashlib.sha256(json.dumps(body, ensure_ascii=False, indent=2).encode()).hexdigest()
 
     def to_json(self) -> str:
         """The manifest as written, with its checksum filled in."""
         return json.dumps(
-            {**asdict(self), "checksum": self._digest()}, ensure_ascii=False, indent=2
+            {**self._body(), "checksum": self._digest()}, ensure_ascii=False, indent=2
         )
 
     @classmethod
@@ -87,6 +96,12 @@ class Manifest:
             data = json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IndexLoadError(f"{path} is damaged ({exc}); rebuild the index") from None
+        if isinstance(data, dict) and data.get("format") == SHARDED_FORMAT_NAME:
+            raise IndexLoadError(
+                f"{folder} is a sharded index (built with `build-index --ray`): `query`, "
+                f"`serve` and `benchmark` open it; this command works on an unsharded index "
+                f"(build one without --ray)"
+            )
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             raise IndexLoadError(f"{folder} holds a manifest that is not a shopsearch index's")
         version = data.get("format_version")

@@ -17,12 +17,16 @@ from shopsearch.retrieval.base import Encoder, Timings
 from shopsearch.retrieval.bm25 import BM25Index, backoff_terms
 from shopsearch.retrieval.dense import search_index
 from shopsearch.retrieval.filters import FilterIndex, Filters
+from shopsearch.retrieval.spelling import Correction, SpellingCorrector
 from shopsearch.retrieval.timing import timed
 from shopsearch.retrieval.types import Hit, sort_hits
 
 
 class BM25Retriever:
-    """BM25 over the index's analysed catalogue; each hit's score is its BM25 score."""
+    """BM25 over the index's analysed catalogue; each hit's score is its BM25 score.
+
+    With a ``speller`` (``retrieval.spelling``), query terms the catalogue does not know are
+    searched together with their correction (the original term kept)."""
 
     name = "bm25"
 
@@ -37,10 +41,21 @@ class BM25Retriever:
         self.analyzer = analyzer
         self.product_ids = list(product_ids)
         self.filter_index = filter_index
+        self.speller: SpellingCorrector | None = None
 
     def analyse(self, query: str) -> list[str]:
-        """The query's BM25 terms, with unknown Chinese words backed off to known pieces."""
-        return backoff_terms(self.analyzer.tokenize(query), self.bm25.vocabulary)
+        """The query's BM25 terms, with unknown Chinese words backed off to known pieces (and,
+        with a speller, unknown words followed by their correction)."""
+        terms = self.analyzer.tokenize(query)
+        if self.speller is not None:
+            terms = self.speller.correct(terms)[0]
+        return backoff_terms(terms, self.bm25.vocabulary)
+
+    def corrections(self, query: str) -> list[Correction]:
+        """The spelling corrections ``analyse`` makes to ``query`` ("did you mean")."""
+        if self.speller is None:
+            return []
+        return self.speller.correct(self.analyzer.tokenize(query))[1]
 
     def search(
         self,

@@ -1,0 +1,1 @@
+"""Learning to rank: a LightGBM LambdaMART stage over the served pipeline's candidates."""
