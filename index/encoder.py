@@ -25,13 +25,15 @@ def load_index_encoder(
     index: SearchIndex | IndexHead,
     identity: Callable[[str], dict[str, Any]] | None = None,
     loader: Callable[..., Encoder] | None = None,
+    runtime: str | None = None,
 ) -> Encoder:
     """The index's encoder. Refuses a model whose weights changed since the build (revision,
     a hash of the weights) or whose vectors have another dimension: either would silently
     compare query vectors with product vectors from a different model.
 
     ``identity`` and ``loader`` default to the model registry's and sentence-transformers';
-    tests pass their own.
+    tests pass their own. ``runtime`` (``models.runtime.ENCODER_RUNTIMES``) overrides the
+    one the manifest records.
     """
     if identity is None:
         from shopsearch.models.registry import model_identity
@@ -53,7 +55,11 @@ def load_index_encoder(
             f"{recorded.get('revision')}, but that model now resolves to revision "
             f"{current.get('revision')}; rebuild the index with `search-cli build-index`"
         )
-    encoder = loader(name, max_length=recorded.get("max_length", 128))
+    # The runtime only changes how the forward pass runs (fp32 either way), so serving may
+    # pick another one than the build used; the vectors stay comparable.
+    chosen = runtime or recorded.get("runtime") or "torch"
+    options: dict[str, Any] = {} if chosen == "torch" else {"runtime": chosen}
+    encoder = loader(name, max_length=recorded.get("max_length", 128), **options)
     if encoder.dim != recorded.get("dim"):
         raise IndexLoadError(
             f"index {index.path} holds {recorded.get('dim')}-d vectors but "

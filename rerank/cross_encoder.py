@@ -58,9 +58,33 @@ def score_pairs(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 
     return np.asarray(logits, dtype=np.float64).reshape(len(pairs))
 
 
+class ExportedCrossEncoder:
+    """A cross-encoder exported by ``models.runtime`` (ONNX Runtime or OpenVINO) behind the
+    folder's own tokenizer: each product text is tokenised once and kept, and pairs are
+    assembled and truncated as the tokenizer would (``rerank.pair_inputs``)."""
+
+    def __init__(self, folder: Path, record: dict, max_length: int) -> None:
+        from transformers import AutoTokenizer
+
+        from shopsearch.models.runtime import compile_runtime
+        from shopsearch.rerank.pair_inputs import PairTokenizer
+
+        self.tokens = PairTokenizer(AutoTokenizer.from_pretrained(str(folder)), max_length)
+        self.model = compile_runtime(folder / record["file"], record["runtime"])
+
+    def logits(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> np.ndarray:
+        out = np.zeros(len(pairs), dtype=np.float64)
+        for start in range(0, len(pairs), batch_size):
+            batch = pairs[start : start + batch_size]
+            out[start : start + len(batch)] = self.model(self.tokens.batch(batch)).reshape(-1)
+        return out
+
+
 class CrossEncoderReranker:
     """Implements the ``Reranker`` interface over a sentence-transformers ``CrossEncoder``
-    folder (with its optional ``calibration.json`` and ``training.json``)."""
+    folder (with its optional ``calibration.json`` and ``training.json``), run by PyTorch or,
+    when the folder has a ``runtime.json`` (``search-cli optimize-reranker``), by the runtime
+    it names."""
 
     def __init__(
         self,
@@ -70,16 +94,28 @@ class CrossEncoderReranker:
         batch_size: int = 32,
         device: str = "cpu",
     ) -> None:
-        from shopsearch.models.registry import load_cross_encoder
+        from shopsearch.models.runtime import read_runtime
         from shopsearch.rerank.calibration import read_calibration
 
         self.name = str(model)
         if max_length is None:
             max_length = trained_max_length(Path(model)) or DEFAULT_MAX_LENGTH
         self.max_length = max_length
-        self._model = load_cross_encoder(str(model), max_length=max_length, device=device)
         self.batch_size = batch_size
         self.calibrator = read_calibration(Path(model))
+        record = read_runtime(model)
+        self.runtime = record["runtime"] if record else "torch"
+        if record is None:
+            from shopsearch.models.registry import load_cross_encoder
+
+            self._model = load_cross_encoder(str(model), max_length=max_length, device=device)
+        else:
+            self._model = ExportedCrossEncoder(Path(model), record, max_length)
+
+    def pretokenize(self, texts: Sequence[str]) -> None:
+        """Tokenise product texts ahead of the first search (exported runtimes keep them)."""
+        if isinstance(self._model, ExportedCrossEncoder):
+            self._model.tokens.pretokenize(texts)
 
     @property
     def calibrated(self) -> bool:
@@ -87,6 +123,8 @@ class CrossEncoderReranker:
 
     def pair_logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Logits of arbitrary (query, text) pairs, shape ``(len(pairs),)``."""
+        if isinstance(self._model, ExportedCrossEncoder):
+            return self._model.logits(pairs, self.batch_size)
         return score_pairs(self._model, pairs, self.batch_size)
 
     def logits(self, query: str, texts: Sequence[str]) -> np.ndarray:

@@ -108,9 +108,16 @@ class ServerMetrics:
         self.reloads = Counter(
             "shopsearch_engine_reloads", "Engine (re)loads, by outcome.", ["outcome"], registry=r
         )
+        self.result_cache = Counter(
+            "shopsearch_result_cache_lookups",
+            "Searches looked up in the engine's result cache, by outcome (hit rate = hit / all).",
+            ["outcome"],
+            registry=r,
+        )
 
     def observe_search(self, stage: str, timings_ms: dict[str, float], results: int) -> None:
         self.searches.labels(stage).inc()
+        self.result_cache.labels("hit" if "result_cache" in timings_ms else "miss").inc()
         if results == 0:
             self.zero_results.inc()
         for step, ms in timings_ms.items():
