@@ -111,9 +111,52 @@ def _echo_json(data: Any) -> None:
 )
 @click.option("--batch-size", default=64, show_default=True, help="Encoding batch size.")
 @click.option(
+    "--runtime",
+    type=click.Choice(["torch", "onnx", "openvino"]),
+    default="onnx",
+    show_default=True,
+    help="How the bi-encoder runs, for encoding the catalogue and then every query: PyTorch, "
+    "ONNX Runtime or OpenVINO, all fp32 (vectors equal to 1e-5). Recorded in the manifest; "
+    "see README 'Speed' for the measured choice.",
+)
+@click.option(
     "--reranker",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="A fine-tuned cross-encoder folder to store in the index.",
+)
+@click.option(
+    "--normalise-units",
+    is_flag=True,
+    help="Analyser option: write numbers, sizes and units one way (1/2 inch = 1/2 in. = "
+    "1/2in, 2 x 4 = 2x4) at index and query time. Recorded in the manifest.",
+)
+@click.option(
+    "--fold-traditional",
+    is_flag=True,
+    help="Analyser option: fold traditional Chinese characters to simplified before "
+    "segmentation. Recorded in the manifest.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Build a sharded index on Ray workers: alone, on a Ray started on this machine; "
+    "with ADDRESS (from `ray start --head`, or 'auto'), on that cluster. Needs "
+    '`pip install -e ".[ray]"`.',
+)
+@click.option(
+    "--shards",
+    type=int,
+    help="With --ray: shards to split the catalogue into (default: the number of Ray workers).",
+)
+@click.option(
+    "--ray-workers",
+    type=int,
+    help="With --ray: worker actors, each loading the "
+    "model once (default: one per CPU of the cluster).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def build_index_cmd(
@@ -123,7 +166,13 @@ def build_index_cmd(
     no_dense: bool,
     factory: str | None,
     batch_size: int,
+    runtime: str,
     reranker: Path | None,
+    normalise_units: bool,
+    fold_traditional: bool,
+    ray_address: str | None,
+    shards: int | None,
+    ray_workers: int | None,
     as_json: bool,
 ) -> None:
     """Build (or atomically rebuild) a search index from a catalogue.
@@ -144,16 +193,54 @@ def build_index_cmd(
         products, source = read_catalog(catalog), str(catalog)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     say(f"{len(products)} products from {source}")
+    if ray_address is None and (shards is not None or ray_workers is not None):
+        raise SearchError("--shards and --ray-workers go with --ray (a sharded build on Ray)")
+    if ray_address is not None:
+        from shopsearch.cli.format import human_bytes
+        from shopsearch.distributed.build import ModelEncoder, build_with_ray
+        from shopsearch.retrieval.analysis import Analyzer
+
+        sharded = build_with_ray(
+            products,
+            index_dir,
+            address=ray_address,
+            workers=ray_workers,
+            shards=shards,
+            make_encoder=None if no_dense else ModelEncoder(model),
+            analyzer=Analyzer(units=normalise_units, fold_traditional=fold_traditional),
+            factory=factory,
+            batch_size=batch_size,
+            source=source,
+            copy_reranker_from=reranker,
+            show_progress=not as_json,
+            on_stage=say,
+        )
+        if as_json:
+            _echo_json(sharded.to_dict())
+            return
+        per_worker = sharded.products_per_worker_second
+        click.echo(
+            f"Built {sharded.path}: {sharded.products} products in {sharded.shards} shards "
+            f"on {sharded.workers} Ray worker(s) in {sharded.seconds:.1f} s"
+            + (f", {per_worker:.0f} products/s per worker" if per_worker else "")
+            + f", {sharded.overhead_seconds:.1f} s not encoding; "
+            f"{human_bytes(sharded.bytes_on_disk)} on disk"
+            + (f"; FAISS {sharded.factory}" if sharded.factory else "; BM25 only")
+        )
+        return
     encoder = None
     if not no_dense:
         from shopsearch.retrieval.encoders import SentenceTransformerEncoder
 
-        say(f"loading model {model} ...")
-        encoder = SentenceTransformerEncoder(model)
+        say(f"loading model {model} ({runtime}) ...")
+        encoder = SentenceTransformerEncoder(model, runtime=runtime)
+    from shopsearch.retrieval.analysis import Analyzer
+
     summary = build_index(
         products,
         index_dir,
         encoder=encoder,
+        analyzer=Analyzer(units=normalise_units, fold_traditional=fold_traditional),
         factory=factory,
         batch_size=batch_size,
         show_progress=not as_json,
@@ -198,10 +285,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
 @click.option("--no-rerank", is_flag=True, help="Skip the reranker even if the index has one.")
 @click.option(
     "--stage",
-    type=click.Choice(["bm25", "dense", "hybrid", "rerank"]),
+    type=click.Choice(["bm25", "dense", "hybrid", "rerank", "ltr"]),
     help="Stop the pipeline after this stage (default: the full pipeline, i.e. "
-    "rerank when the index has a reranker, else hybrid). `benchmark` measures "
-    "exactly these stages.",
+    "ltr when the index has a learning-to-rank model, else rerank when it has a "
+    "reranker, else hybrid). `benchmark` measures exactly these stages.",
 )
 @click.option(
     "--candidates",
@@ -218,6 +305,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--explain", is_flag=True, help="Show per-stage timings and matched terms.")
+@click.option(
+    "--spelling",
+    is_flag=True,
+    help="Correct query words the catalogue does not know against its vocabulary (the "
+    "original words are searched too); --explain and --json say what was corrected.",
+)
 def query_cmd(
     text: str,
     k: int,
@@ -232,6 +325,7 @@ def query_cmd(
     rerank_top: int | None,
     as_json: bool,
     explain: bool,
+    spelling: bool,
 ) -> None:
     """Search the index for TEXT (Chinese, English or both).
 
@@ -252,10 +346,11 @@ def query_cmd(
     engine = SearchEngine.open(
         index_dir,
         reranker=reranker,
-        use_reranker=not no_rerank and stage in (None, "rerank"),
+        use_reranker=not no_rerank and stage in (None, "rerank", "ltr"),
         load_encoder=stage != "bm25",
         depth=depth,
         rerank_top=rerank_top,
+        spelling=spelling,
     )
     result = engine.search(text, k=k, filters=filters, explain=explain, stage=stage)
     if as_json:
@@ -289,6 +384,9 @@ def query_cmd(
         click.echo(f"note: {note}", err=True)
     if explain:
         click.echo(f"\nquery terms (BM25): {' '.join(result.query_terms) or '(none)'}")
+        if result.corrections:
+            fixes = ", ".join(f"{c['term']} -> {c['suggestion']}" for c in result.corrections)
+            click.echo(f"did you mean: {fixes} (both searched)")
         for hit in result.hits:
             matched = ", ".join(result.matched_terms.get(hit.product_id, [])) or "-"
             click.echo(f"  {hit.product_id}: matched {matched}")
@@ -356,6 +454,8 @@ def _register_subcommands() -> None:
         "shopsearch.cli.demo",
         "shopsearch.cli.serve",
         "shopsearch.cli.catalog",
+        "shopsearch.cli.ltr",
+        "shopsearch.cli.optimize",
     ):
         try:
             __import__(module)

@@ -49,7 +49,7 @@ from shopsearch.index.segments import (
 )
 from shopsearch.retrieval.analysis import Analyzer
 from shopsearch.retrieval.base import Encoder
-from shopsearch.retrieval.bm25 import BM25Index, BM25Params, TermFrequencies
+from shopsearch.retrieval.bm25 import BM25Index, BM25Params, CollectionStats, TermFrequencies
 from shopsearch.retrieval.dense import (
     EXACT_FACTORY,
     SegmentedDenseIndex,
@@ -101,6 +101,8 @@ def index_size(path: Path, manifest: Manifest) -> int:
     """Bytes of what the current generation uses: its files and its reranker."""
     reranker = path / reranker_folder(manifest)
     extra = folder_size(reranker) if manifest.reranker and reranker.is_dir() else 0
+    ltr = path / str((manifest.ltr or {}).get("path") or LTR_DIR)
+    extra += folder_size(ltr) if manifest.ltr and ltr.is_dir() else 0
     return sum(int(r["bytes"]) for r in manifest.files.values()) + extra
 
 
@@ -339,15 +341,21 @@ def reranker_folder(manifest: Manifest) -> str:
 
 
 def _stage_reranker(index_dir: Path, source: Path) -> str:
-    """Copy a reranker folder into the index under a new name, durably, and return the name.
+    """Copy a reranker folder into the index as ``reranker-<id>/`` (``_stage_folder``)."""
+    return _stage_folder(index_dir, source, RERANKER_DIR)
 
-    The manifest published next is what makes it the index's reranker; until then it is an
-    unreferenced folder, which a kill leaves for the next writer's garbage collection. So an
-    install is atomic like any generation: the old model with its record, or the new with its
-    own, never the new model under the old record (its tuned blend)."""
+
+def _stage_folder(index_dir: Path, source: Path, prefix: str) -> str:
+    """Copy a model folder into the index under a new name, ``<prefix>-<id>``, durably, and
+    return the name.
+
+    The manifest published next is what makes it the index's model (reranker or LTR); until
+    then it is an unreferenced folder, which a kill leaves for the next writer's garbage
+    collection. So an install is atomic like any generation: the old model with its record,
+    or the new with its own, never the new model under the old record (its tuned blend)."""
     import uuid
 
-    name = f"{RERANKER_DIR}-{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
     staged = index_dir / f".{name}.tmp"
     shutil.copytree(source, staged)
     for path in sorted(staged.rglob("*"), reverse=True):
@@ -412,14 +420,33 @@ def check_catalog(index_dir: Path, records: Sequence[Mapping[str, Any]], source:
         )
 
 
-def install_reranker(index_dir: Path, model_dir: Path) -> Manifest:
+def install_reranker(
+    index_dir: Path, model_dir: Path, keep: Mapping[str, Any] | None = None
+) -> Manifest:
     """Copy a fine-tuned reranker folder into an index, replacing any previous one, and
-    publish the manifest that records it (under the writer lock)."""
+    publish the manifest that records it (under the writer lock). ``keep``: fields to record
+    with it in the same generation (an exported model keeps its source's tuned blend)."""
     index_dir = Path(index_dir)
     Manifest.read(index_dir)
     with writer_lock(index_dir, "install-reranker"):
         name = _stage_reranker(index_dir, Path(model_dir))
-        return _update_manifest_locked(index_dir, {"reranker": _reranker_info(index_dir / name)})
+        record = {**_reranker_info(index_dir / name), **(keep or {})}
+        return _update_manifest_locked(index_dir, {"reranker": record})
+
+
+LTR_DIR = "ltr"
+
+
+def install_ltr(index_dir: Path, model_dir: Path, record: Mapping[str, Any]) -> Manifest:
+    """Copy a learning-to-rank model folder (``model.txt`` + ``ltr.json``) into an index as
+    ``ltr-<id>/``, replacing any previous one, and publish the manifest that records it with
+    ``record`` (features, importances, the stage it reorders), under the writer lock: atomic
+    like a reranker install."""
+    index_dir = Path(index_dir)
+    Manifest.read(index_dir)
+    with writer_lock(index_dir, "install-ltr"):
+        name = _stage_folder(index_dir, Path(model_dir), LTR_DIR)
+        return _update_manifest_locked(index_dir, {"ltr": {**record, "path": name}})
 
 
 @dataclass
@@ -471,18 +498,33 @@ class SearchIndex:
         path = self.path / reranker_folder(self.manifest)
         return path if self.manifest.reranker and path.is_dir() else None
 
+    @property
+    def ltr_path(self) -> Path | None:
+        """The installed learning-to-rank model's folder, if the manifest records one."""
+        record = self.manifest.ltr or {}
+        path = self.path / str(record.get("path") or LTR_DIR)
+        return path if record and path.is_dir() else None
 
-def load_index(folder: str | Path, *, verify_hashes: bool = True) -> SearchIndex:
+
+def load_index(
+    folder: str | Path,
+    *,
+    verify_hashes: bool = True,
+    bm25_stats: CollectionStats | None = None,
+) -> SearchIndex:
     """Load the current generation of an index, refusing a missing, foreign, damaged or
     incompatible one. Every file read is checked against the manifest (its size, and its
     sha256 unless ``verify_hashes`` is False), so damage is an ``IndexLoadError`` naming the
     file, never a wrong answer. The manifest is read once, which pins the generation; if a
-    writer collected one of its files meanwhile, the load starts again with the new one."""
+    writer collected one of its files meanwhile, the load starts again with the new one.
+    ``bm25_stats``: the BM25 statistics of a larger collection this index is one shard of (a
+    sharded index, shopsearch.distributed), so that its BM25 scores are that collection's;
+    by default its own."""
     folder = Path(folder)
     for _attempt in range(LOAD_ATTEMPTS):
         manifest = Manifest.read(folder)
         try:
-            return _load_generation(folder, manifest, verify_hashes)
+            return _load_generation(folder, manifest, verify_hashes, bm25_stats)
         except FileNotFoundError as exc:
             now_at = (read_raw_manifest(folder) or {}).get("generation")
             if now_at == manifest.generation:
@@ -545,9 +587,7 @@ def index_analyzer(folder: Path, manifest: Manifest) -> Analyzer:
             f"index {folder} was analysed with {manifest.analyzer}, this "
             f"version uses {current}; rebuild it"
         )
-    return Analyzer(
-        stem=manifest.analyzer.get("stem", True), stopwords=manifest.analyzer.get("stopwords", True)
-    )
+    return Analyzer.from_config(manifest.analyzer)
 
 
 def live_vectors(rows: _Rows, dim: int) -> np.ndarray:
@@ -560,7 +600,9 @@ def live_vectors(rows: _Rows, dim: int) -> np.ndarray:
     return vectors
 
 
-def _load_generation(folder: Path, manifest: Manifest, verify: bool) -> SearchIndex:
+def _load_generation(
+    folder: Path, manifest: Manifest, verify: bool, bm25_stats: CollectionStats | None = None
+) -> SearchIndex:
     analyzer = index_analyzer(folder, manifest)
     if manifest.faiss is not None and not (manifest.encoder or {}).get("dim"):
         raise IndexLoadError(f"index {folder} is damaged: its manifest has no encoder dim")
@@ -574,7 +616,10 @@ def _load_generation(folder: Path, manifest: Manifest, verify: bool) -> SearchIn
         [(seg.frequencies(), new) for seg, new in zip(rows.readers, rows.new_rows)], n
     )
     params = BM25Params(**{k: manifest.bm25[k] for k in ("k1", "b", "epsilon")})
-    bm25 = BM25Index.from_frequencies(freqs, params)
+    try:
+        bm25 = BM25Index.from_frequencies(freqs, params, bm25_stats)
+    except ValueError as exc:
+        raise IndexLoadError(f"index {folder}: {exc}; rebuild it") from None
     make_faiss = _dense_loader(manifest, rows, n) if manifest.faiss is not None else None
     return SearchIndex(
         path=folder,

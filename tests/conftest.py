@@ -110,13 +110,14 @@ def keyword_models(monkeypatch):
 
     real = index_encoder.load_index_encoder
 
-    def load(index, identity=None, loader=None):
+    def load(index, identity=None, loader=None, runtime=None):
         if (index.manifest.encoder or {}).get("name") != KeywordEncoder.name:
-            return real(index, identity, loader)
+            return real(index, identity, loader, runtime)
         return real(
             index,
             identity=lambda name: {"name": name, "revision": "test"},
-            loader=lambda name, max_length=128: KeywordEncoder(),
+            loader=lambda name, max_length=128, runtime="torch": KeywordEncoder(),
+            runtime=runtime,
         )
 
     monkeypatch.setattr(index_encoder, "load_index_encoder", load)
@@ -130,3 +131,22 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
             "SHOPSEARCH_TEST_CACHE", str(tmp_path_factory.getbasetemp() / "shopsearch-cache")
         ),
     )
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(tmp_path_factory):
+    """A MiniLM cross-encoder with a seeded head, saved as a reranker folder would be."""
+    import json
+
+    import torch
+
+    from shopsearch.models.registry import load_cross_encoder
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ce") / "reranker"
+    load_cross_encoder("minilm", max_length=32).save(str(folder))
+    (folder / "training.json").write_text(json.dumps({"config": {"max_length": 32}}))
+    (folder / "calibration.json").write_text(
+        json.dumps({"type": "platt", "a": 3.0, "b": -0.5}) + "\n"
+    )
+    return folder
