@@ -6,7 +6,8 @@
 # train queries; all evaluated on dev.
 # Environment knobs: MODEL (bi-encoder, default minilm), RERANKER_BASE (default minilm),
 # DATA (default ../shared/data/homedepot), RERANK_QUERIES / RETRIEVER_QUERIES (train
-# queries used, to bound CPU time; the reranker uses all 9,440 unless told).
+# queries used, to bound CPU time; the reranker uses all 9,440 unless told), LTR_SKIP /
+# LTR_QUERIES (train queries LambdaMART learns from: set LTR_SKIP past RERANK_QUERIES).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="${1:-hd-work}"
@@ -39,6 +40,16 @@ run search-cli train-reranker --index "$work/index" --dataset "$data" --split tr
 run search-cli tune-rerank --index "$work/index" --dataset "$data" --split train --held-out \
     --tops 10,20,30
 
-# 4. Every stage on dev, with the fine-tuned models.
+# 4. Serve the reranker as OpenVINO static int8 (calibrated on 300 train queries no step above
+#    used) and the query tower on ONNX Runtime: the configuration README "Speed" measures.
+sed -n 6001,6300p "$data/queries.train.tsv" > "$work/calibration-queries.tsv"
+run search-cli optimize-reranker --index "$work/index" --runtime openvino-int8-static \
+    --encoder-runtime onnx --queries "$work/calibration-queries.tsv" --out "$work/reranker-fast"
+
+# 5. LambdaMART over the reranked candidates, on train queries the reranker did not see.
+run search-cli train-ltr --index "$work/index" --dataset "$data" --split train \
+    --skip "${LTR_SKIP:-3000}" --limit "${LTR_QUERIES:-3000}" --out "$work/ltr" --threads 2
+
+# 6. Every stage on dev, with the fine-tuned models.
 run search-cli benchmark --index "$work/index" --dataset "$data" --split dev \
-    --stages bm25,dense,hybrid,rerank --out "$work/report-fine-tuned"
+    --stages bm25,dense,hybrid,rerank,ltr --out "$work/report-fine-tuned"

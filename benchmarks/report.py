@@ -85,6 +85,19 @@ def quality_rows(report: BenchmarkReport) -> tuple[list[str], list[list[Any]]]:
     return headers, rows
 
 
+#: Pipeline steps in the order a query passes them (``retrieval.base.Timings`` names).
+STEP_ORDER = (
+    "filters",
+    "analysis",
+    "bm25",
+    "encode_query",
+    "dense_search",
+    "fusion",
+    "rerank",
+    "ltr",
+)
+
+
 def latency_rows(report: BenchmarkReport) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows of the latency table (milliseconds, queries/s, MB)."""
     headers = [
@@ -153,6 +166,20 @@ def render_markdown(report: BenchmarkReport, image: str | None = None) -> str:
         f"{report.batch_size}. Peak RSS is the process's peak so far. ties@10: queries with "
         "equal scores in their top 10.",
     ]
+    steps = [step for step in STEP_ORDER if any(step in s.step_latency for s in report.stages)]
+    if steps:
+        out += ["", "Where the time goes, per step of each stage's pipeline (p50 / p99 ms):", ""]
+
+        def cell(values: dict[str, float] | None) -> str:
+            return f"{values['p50_ms']:.2f} / {values['p99_ms']:.2f}" if values else "-"
+
+        out.append(
+            format_table(
+                [[s.name] + [cell(s.step_latency.get(t)) for t in steps] for s in report.stages],
+                ["Stage", *steps],
+                align=["l"] + ["r"] * len(steps),
+            )
+        )
     if report.extra:
         out += ["", "## Setup", ""]
         out.append(

@@ -52,6 +52,9 @@ class StageResult:
     recall_curve: list[float] = field(default_factory=list)
     significance: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: ``{step: {"p50_ms", "p99_ms"}}`` over the same single-query calls as ``latency``: where
+    #: a stage's time goes (bm25, encode_query, dense_search, fusion, rerank, ...).
+    step_latency: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,24 +226,33 @@ def _search_all(
 
 def _measure_latency(
     retriever: Retriever, texts: list[str], depth: int, n: int, warmup: int
-) -> dict[str, float | None]:
+) -> tuple[dict[str, float | None], dict[str, dict[str, float]]]:
+    """Total single-query latency, and per step of the pipeline (its ``timings``)."""
     sample = texts[:n]
     if not sample:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None, "n": 0}
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None, "n": 0}, {}
     for text in sample[:warmup]:  # first calls pay for lazy loading, caches, thread pools
         retriever.search([text], k=depth)
     times = []
+    steps: dict[str, list[float]] = {}
     for text in sample:
+        timings: dict[str, float] = {}
         started = time.perf_counter()
-        retriever.search([text], k=depth)
+        retriever.search([text], k=depth, timings=timings)
         times.append((time.perf_counter() - started) * 1000.0)
+        for step, ms in timings.items():
+            steps.setdefault(step, []).append(ms)
+    step_latency = {
+        step: {"p50_ms": _percentile(values, 50), "p99_ms": _percentile(values, 99)}
+        for step, values in steps.items()
+    }
     return {
         "p50_ms": _percentile(times, 50),
         "p95_ms": _percentile(times, 95),
         "p99_ms": _percentile(times, 99),
         "mean_ms": sum(times) / len(times),
         "n": len(times),
-    }
+    }, step_latency
 
 
 def run_benchmark(
@@ -356,7 +368,7 @@ def run_benchmark(
         run_path = write_run(out / f"{name}.run", hits, tag=name)
         run = {q: dict(pairs) for q, pairs in hits.items()}
         per_query, aggregate = evaluate(eval_qrels, run, measure_names)
-        latency = _measure_latency(retriever, texts, depth, latency_queries, warmup)
+        latency, step_latency = _measure_latency(retriever, texts, depth, latency_queries, warmup)
         results.append(
             StageResult(
                 name=name,
@@ -370,6 +382,7 @@ def run_benchmark(
                 tied_queries=count_tied_queries(run, 10),
                 recall_curve=recall_curve(eval_qrels, run, depth),
                 per_query=per_query,
+                step_latency=step_latency,
             )
         )
         logger.info("stage %s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in aggregate.items()))

@@ -102,6 +102,12 @@ def _open_with_reranker(index_dir: Path) -> tuple[Any, Path]:
     show_default=True,
     help="Install the export into the index (a new generation; the tuned blend is kept).",
 )
+@click.option(
+    "--encoder-runtime",
+    type=click.Choice(["torch", "onnx", "openvino"]),
+    help="Also serve the query tower on this runtime (fp32: the product vectors stay valid); "
+    "recorded in the manifest.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the agreement as JSON.")
 def optimize_reranker_cmd(
     index_dir: Path,
@@ -110,6 +116,7 @@ def optimize_reranker_cmd(
     limit: int,
     out: Path | None,
     install: bool,
+    encoder_runtime: str | None,
     as_json: bool,
 ) -> None:
     """Export the index's cross-encoder to ONNX Runtime or OpenVINO, optionally int8.
@@ -150,6 +157,13 @@ def optimize_reranker_cmd(
                 "exported_from": record.get("path"),
             },
         )
+    if encoder_runtime is not None:
+        from shopsearch.index.store import update_manifest
+
+        encoder = Manifest.read(index_dir).encoder
+        if encoder is None:
+            raise SearchError(f"index {index_dir} has no dense part: no query tower to speed up")
+        update_manifest(index_dir, encoder={**encoder, "runtime": encoder_runtime})
     report = {"runtime": runtime, "out": str(out), "installed": install, **asdict(agreement)}
     if as_json:
         _echo_json(report)

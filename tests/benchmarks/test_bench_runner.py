@@ -22,8 +22,12 @@ class DictRetriever:
         self.table = table
         self.calls: list[tuple[int, int]] = []  # (batch size, k)
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+    def search(
+        self, queries: Sequence[str], k: int = 10, filters=None, *, timings=None
+    ) -> list[list[Hit]]:
         self.calls.append((len(queries), k))
+        if timings is not None:  # as a pipeline stage records its steps
+            timings["bm25"] = timings.get("bm25", 0.0) + 0.5
         return [sort_hits([Hit(p, s) for p, s in self.table.get(q, [])])[:k] for q in queries]
 
 
@@ -189,7 +193,7 @@ def test_depth_truncates_and_duplicates_are_dropped(tmp_path):
     table = {"wireless mouse": [("m1", 3.0), ("m1", 2.5), ("m2", 2.0), ("x", 1.0)]}
 
     class Raw(DictRetriever):  # returns hits as given, duplicates and all
-        def search(self, queries, k=10):
+        def search(self, queries, k=10, filters=None, *, timings=None):
             return [[Hit(p, s) for p, s in self.table.get(q, [])] for q in queries]
 
     run_benchmark(
@@ -217,7 +221,7 @@ def test_bad_arguments(tmp_path):
         run_benchmark(good, {"q4": "desk lamp"}, QRELS, out_dir=tmp_path)
 
     class Broken:
-        def search(self, queries, k=10):
+        def search(self, queries, k=10, filters=None, *, timings=None):
             return [[]]
 
     with pytest.raises(
@@ -240,3 +244,11 @@ def test_format_table():
     ]
     with pytest.raises(ValueError, match="row 0 has 1 cells for 2 headers"):
         format_table([["x"]], ["a", "b"])
+
+
+def test_report_breaks_latency_down_by_pipeline_step(report_and_dir):
+    report, out, _ = report_and_dir
+    assert set(report.stages[0].step_latency) == {"bm25"}
+    assert report.stages[0].step_latency["bm25"]["p99_ms"] == pytest.approx(0.5)
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "Where the time goes" in markdown and "0.50 / 0.50" in markdown
