@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from shopsearch.engine import SearchEngine
 from shopsearch.errors import IndexLoadError, SearchError
 from shopsearch.index.generations import RERANKER_DIR
@@ -34,6 +32,7 @@ from shopsearch.retrieval.analysis import Analyzer
 from shopsearch.retrieval.base import Encoder, Timings
 from shopsearch.retrieval.bm25 import CollectionStats, backoff_terms
 from shopsearch.retrieval.filters import Filters
+from shopsearch.retrieval.retrievers import encode_each
 from shopsearch.retrieval.timing import timed
 from shopsearch.retrieval.types import Hit, Product
 
@@ -237,11 +236,7 @@ class ShardedDenseRetriever:
         timings: Timings | None = None,
     ) -> list[list[Hit]]:
         with timed(timings, "encode_query"):
-            vectors = (
-                np.concatenate([self.encoder.encode_queries([q]) for q in queries])
-                if len(queries)
-                else np.zeros((0, self.encoder.dim), dtype=np.float32)
-            )
+            vectors = encode_each(self.encoder, queries)
         with timed(timings, "dense_search"):
             answers: list[ShardAnswer] = self.index.shards.call("dense", vectors, k, filters)
         with timed(timings, "merge"):

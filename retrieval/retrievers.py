@@ -82,6 +82,15 @@ class BM25Retriever:
         return results
 
 
+def encode_each(encoder: Encoder, queries: Sequence[str]) -> np.ndarray:
+    """Query vectors ``(len(queries), dim)``, one query per forward pass, as a shopper's query
+    is encoded: in a padded batch the same query's vector differs in the last bits, enough to
+    swap near-ties between a benchmark's run and the served page."""
+    if not len(queries):
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    return np.concatenate([encoder.encode_queries([q]) for q in queries])
+
+
 class DenseRetriever:
     """Query tower + FAISS inner product; each hit's score is its cosine similarity."""
 
@@ -113,14 +122,7 @@ class DenseRetriever:
         timings: Timings | None = None,
     ) -> list[list[Hit]]:
         with timed(timings, "encode_query"):
-            # One query per forward pass, as a shopper's query is encoded: in a padded batch
-            # the same query's vector differs in the last bits, enough to swap near-ties
-            # between a benchmark's run and the served page.
-            vectors = (
-                np.concatenate([self.encoder.encode_queries([q]) for q in queries])
-                if len(queries)
-                else np.zeros((0, self.encoder.dim), dtype=np.float32)
-            )
+            vectors = encode_each(self.encoder, queries)
         return self.search_vectors(vectors, k, filters, timings=timings)
 
     def search_vectors(
