@@ -117,6 +117,14 @@ def _one_thread() -> None:
     "POST /admin/reload and SIGHUP still reload).",
 )
 @click.option(
+    "--cache-size",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(0, 10_000_000),
+    help="Entries of each worker's result and query-embedding caches (0: off, e.g. to "
+    "load-test the pipeline rather than the cache).",
+)
+@click.option(
     "--quality-window",
     default=2000,
     show_default=True,
@@ -148,6 +156,7 @@ def serve_cmd(
     queue_timeout: float,
     watch_interval: float,
     quality_window: int,
+    cache_size: int,
     log_level: str,
     ray_address: str | None,
 ) -> None:
@@ -193,6 +202,7 @@ def serve_cmd(
         queue_timeout_s=queue_timeout,
         watch_interval_s=watch_interval,
         quality_window=quality_window,
+        cache_size=cache_size,
     )
     click.echo(
         f"serving {index_dir} on http://{host}:{port}/ ({workers} worker(s)); "

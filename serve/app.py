@@ -25,6 +25,7 @@ without bound.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import signal
@@ -77,6 +78,8 @@ class ServeConfig:
     watch_interval_s: float = 2.0
     export_interval_s: float = 5.0
     quality_window: int = 2000
+    # Entries of the engine's result and query-embedding caches (0: none); see retrieval/cache.py.
+    cache_size: int = 4096
 
     @property
     def feedback_folder(self) -> Path:
@@ -170,6 +173,8 @@ def create_app(
     config: ServeConfig, *, open_engine: Callable[[Path], Any] = open_default
 ) -> FastAPI:
     """The service for one index. The engine loads when the app starts (uvicorn's lifespan)."""
+    if open_engine is open_default:
+        open_engine = functools.partial(open_default, cache_size=config.cache_size)
     holder = EngineHolder(config.index, open_engine)
     metrics = ServerMetrics()
     store = FeedbackStore(

@@ -93,10 +93,12 @@ def describe_engine(engine: Any, signature: tuple[int, int, int] | None) -> Serv
     return ServedEngine(engine, versions, propensities, signature)
 
 
-def open_default(index_dir: Path) -> Any:
+def open_default(index_dir: Path, cache_size: int | None = None) -> Any:
     from shopsearch.engine import SearchEngine
 
-    return SearchEngine.open(index_dir)
+    if cache_size is None:
+        return SearchEngine.open(index_dir)
+    return SearchEngine.open(index_dir, cache_size=cache_size)
 
 
 class EngineHolder:

@@ -237,3 +237,21 @@ def test_feedback_survives_a_restart_of_the_app(built_index, tmp_path, opener):
         files = admin(second, "/admin/feedback/flush").json()["files"]
     log = read_click_log(files[0])
     assert [(i.position, i.clicked) for i in log] == [(1, False), (2, True), (3, False)]
+
+
+@pytest.mark.parametrize(("cache_size", "hits"), [(4096, 2), (0, 0)])
+def test_cache_size_reaches_the_served_engine(
+    built_index, tmp_path, keyword_models, cache_size, hits
+):
+    config = ServeConfig(
+        index=str(built_index),
+        feedback_dir=str(tmp_path / "feedback"),
+        watch_interval_s=0,
+        export_interval_s=3600,
+        cache_size=cache_size,
+    )
+    with TestClient(create_app(config)) as client:
+        for _ in range(3):
+            assert client.get("/search", params={"q": "bed", "k": 3}).status_code == 200
+        text = client.get("/metrics").text
+    assert metric(text, "shopsearch_result_cache_lookups_total", 'outcome="miss"') == 3 - hits
